@@ -1,0 +1,8 @@
+"""jaxem: JAX-accelerated, differentiable Expectation-Maximization."""
+
+from jaxem.api import fit
+from jaxem.core import FitResult, Status, run_em, status_message
+from jaxem.models import GaussianMixture, GaussianMixtureParams
+
+__all__ = ["FitResult", "GaussianMixture", "GaussianMixtureParams", "Status", "fit", "run_em", "status_message"]
+__version__ = "0.1.0"

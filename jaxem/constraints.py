@@ -1,0 +1,93 @@
+"""Bijections between constrained parameters and unconstrained real coordinates.
+
+Gradient M-steps (GEM), SQUAREM extrapolation and quasi-Newton all move parameters in
+unconstrained coordinates, so that any step lands back on a valid parameter. Each model
+describes its parameters with a pytree of the same structure as its params whose leaves
+are constraint names; `to_unconstrained` / `from_unconstrained` map whole pytrees.
+
+Names (each acts on the trailing axes of a leaf, leading axes are batch axes):
+  "real"              identity
+  "positive"          x = exp(u)
+  "unit_interval"     x = sigmoid(u)
+  "simplex"           last axis sums to one; x = softmax([u, 0]) (additive log-ratio),
+                      so u has one fewer entry on the last axis
+  "positive_definite" (..., D, D) symmetric positive definite; u is the lower Cholesky
+                      factor with its diagonal replaced by its log
+  "cholesky"          (..., D, D) lower-triangular with positive diagonal; same u
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+CONSTRAINTS = ("real", "positive", "unit_interval", "simplex", "positive_definite", "cholesky")
+
+
+def _check(name: str) -> None:
+    if name not in CONSTRAINTS:
+        raise ValueError(f"unknown constraint {name!r}; expected one of {CONSTRAINTS}")
+
+
+def _cholesky_to_unconstrained(chol: jax.Array) -> jax.Array:
+    diag = jnp.diagonal(chol, axis1=-2, axis2=-1)
+    strict = jnp.tril(chol, k=-1)
+    return strict + _embed_diagonal(jnp.log(diag))
+
+
+def _unconstrained_to_cholesky(u: jax.Array) -> jax.Array:
+    diag = jnp.diagonal(u, axis1=-2, axis2=-1)
+    return jnp.tril(u, k=-1) + _embed_diagonal(jnp.exp(diag))
+
+
+def _embed_diagonal(diag: jax.Array) -> jax.Array:
+    eye = jnp.eye(diag.shape[-1], dtype=diag.dtype)
+    return diag[..., :, None] * eye
+
+
+def forward(name: str, u: jax.Array) -> jax.Array:
+    """Map unconstrained coordinates `u` to a parameter satisfying constraint `name`."""
+    _check(name)
+    if name == "real":
+        return u
+    if name == "positive":
+        return jnp.exp(u)
+    if name == "unit_interval":
+        return jax.nn.sigmoid(u)
+    if name == "simplex":
+        zeros = jnp.zeros(u.shape[:-1] + (1,), u.dtype)
+        return jax.nn.softmax(jnp.concatenate([u, zeros], axis=-1), axis=-1)
+    chol = _unconstrained_to_cholesky(u)
+    if name == "cholesky":
+        return chol
+    return chol @ jnp.swapaxes(chol, -1, -2)
+
+
+def inverse(name: str, x: jax.Array) -> jax.Array:
+    """Map a parameter satisfying constraint `name` to unconstrained coordinates."""
+    _check(name)
+    if name == "real":
+        return x
+    if name == "positive":
+        return jnp.log(x)
+    if name == "unit_interval":
+        return jnp.log(x) - jnp.log1p(-x)
+    if name == "simplex":
+        log_x = jnp.log(x)
+        return log_x[..., :-1] - log_x[..., -1:]
+    if name == "cholesky":
+        return _cholesky_to_unconstrained(x)
+    sym = 0.5 * (x + jnp.swapaxes(x, -1, -2))
+    return _cholesky_to_unconstrained(jnp.linalg.cholesky(sym))
+
+
+def to_unconstrained(constraints: Any, params: Any) -> Any:
+    """Map a params pytree to unconstrained coordinates, leaf by leaf."""
+    return jax.tree.map(inverse, constraints, params)
+
+
+def from_unconstrained(constraints: Any, unconstrained: Any) -> Any:
+    """Inverse of `to_unconstrained`."""
+    return jax.tree.map(forward, constraints, unconstrained)

@@ -1,0 +1,188 @@
+"""One EM run from given starting params: the pure step, stopping rules and the loop.
+
+The whole run is one `lax.while_loop` whose carry holds params, the M-step's state, the
+objective, the iteration count, a status code and a fixed-size trace; the data is closed
+over, never carried. Restarts (jaxem.restarts) are a `vmap` of `run_em`.
+
+The objective tracked is the mean per-sample log-likelihood (plus log_prior / sum of
+weights for MAP-EM), evaluated at the params entering each iteration, as scikit-learn's
+`lower_bound_`. EM guarantees it never decreases (EM_NOTES: monotonicity).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxem import parallel
+
+CRITERIA = ("loglik", "params")
+
+
+class Status(enum.IntEnum):
+    """Why a run stopped. RUNNING only appears inside the loop."""
+
+    RUNNING = 0
+    CONVERGED = 1
+    MAX_ITER = 2
+    NON_FINITE = 3
+
+
+STATUS_MESSAGES = {
+    Status.RUNNING: "running",
+    Status.CONVERGED: "converged: change below tol",
+    Status.MAX_ITER: "stopped at max_iter without converging",
+    Status.NON_FINITE: "failed: the log-likelihood or the params became NaN or infinite",
+}
+
+
+def status_message(status: Any) -> str:
+    """Readable message for a status code (an int or a 0-d array)."""
+    return STATUS_MESSAGES[Status(int(status))]
+
+
+class FitResult(NamedTuple):
+    """Outcome of a fit; a pytree, so it passes through jit and vmap.
+
+    params: fitted params (of the best restart for jaxem.fit).
+    log_likelihood: () mean per-sample log-likelihood (plus prior term) at `params`.
+    n_iter: () number of E+M iterations performed.
+    converged: () bool, True only when the stopping rule was met.
+    status: () int, a `Status` code; `status_message` turns it into words.
+    trace: (max_iter,) objective at the params entering each iteration, NaN-padded.
+    n_decreases: () iterations where the objective decreased beyond rounding.
+    best_restart: () index of the selected restart (jaxem.fit), else None.
+    restarts: FitResult with a leading n_restarts axis on every field (jaxem.fit), else None.
+    """
+
+    params: Any
+    log_likelihood: jax.Array
+    n_iter: jax.Array
+    converged: jax.Array
+    status: jax.Array
+    trace: jax.Array
+    n_decreases: jax.Array
+    best_restart: Any = None
+    restarts: Any = None
+
+
+class EMState(NamedTuple):
+    """The while-loop carry."""
+
+    params: Any
+    m_state: Any
+    objective: jax.Array
+    n_iter: jax.Array
+    status: jax.Array
+    trace: jax.Array
+
+
+def objective(model, params, X, sample_weight, chunk_size=None):
+    """Mean per-sample log-likelihood plus log_prior / sum(w), and the statistics at params."""
+    stats, log_lik = parallel.e_step(model, params, X, sample_weight, chunk_size)
+    total = (log_lik + model.log_prior(params)) / jnp.sum(sample_weight)
+    return total, stats
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """True when every entry of every leaf is finite."""
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves))
+
+
+def max_relative_change(new: Any, old: Any) -> jax.Array:
+    """Largest over leaves of max|new - old| / max|old| (per leaf, so scale-free)."""
+
+    def leaf_change(a, b):
+        scale = jnp.maximum(jnp.max(jnp.abs(b)), jnp.finfo(b.dtype).tiny)
+        return jnp.max(jnp.abs(a - b)) / scale
+
+    return jnp.max(jnp.stack([leaf_change(a, b) for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(old))]))
+
+
+def decrease_tolerance(dtype: Any) -> float:
+    """A drop of the per-sample objective below this (relative) counts as a real decrease."""
+    return float(jnp.finfo(dtype).eps) ** 0.75
+
+
+def count_decreases(trace: jax.Array) -> jax.Array:
+    """Iterations where the NaN-padded trace fell by more than rounding."""
+    tol = decrease_tolerance(trace.dtype) * jnp.maximum(1.0, jnp.abs(trace[:-1]))
+    drops = trace[1:] < trace[:-1] - tol
+    return jnp.sum(jnp.where(jnp.isnan(trace[1:]), False, drops))
+
+
+def run_em(
+    model: Any,
+    init_params: Any,
+    X: jax.Array,
+    sample_weight: jax.Array,
+    *,
+    max_iter: int,
+    tol: Any,
+    criterion: str = "loglik",
+    chunk_size: int | None = None,
+) -> FitResult:
+    """EM from `init_params` until the stopping rule holds, max_iter, or a non-finite value.
+
+    Each iteration is one E-step and one M-step; `max_iter=n, tol=0` performs exactly n of
+    them. criterion "loglik" stops when the objective changes by less than tol between
+    iterations; "params" when `max_relative_change` of the params is below tol. A NaN or
+    inf objective or params end the run with Status.NON_FINITE, keeping the last finite params.
+
+    Args:
+      X: (n_samples, ...) data; sample_weight: (n_samples,).
+      max_iter, criterion, chunk_size: static; tol: scalar (may be traced).
+    Returns:
+      FitResult with best_restart and restarts None.
+    """
+    dtype = X.dtype
+    tol = jnp.asarray(tol, dtype)
+
+    def body(state: EMState) -> EMState:
+        value, stats = objective(model, state.params, X, sample_weight, chunk_size)
+        new_params, new_m_state = model.maximize(stats, state.params, state.m_state)
+        finite = jnp.isfinite(value) & all_finite(new_params)
+        if criterion == "loglik":
+            done = jnp.abs(value - state.objective) < tol
+        else:
+            done = max_relative_change(new_params, state.params) < tol
+        n_iter = state.n_iter + 1
+        status = jnp.where(
+            ~finite,
+            Status.NON_FINITE,
+            jnp.where(done, Status.CONVERGED, jnp.where(n_iter >= max_iter, Status.MAX_ITER, Status.RUNNING)),
+        )
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        return EMState(
+            params=keep(new_params, state.params),
+            m_state=keep(new_m_state, state.m_state),
+            objective=value,
+            n_iter=n_iter,
+            status=status.astype(jnp.int32),
+            trace=state.trace.at[state.n_iter].set(value),
+        )
+
+    start = EMState(
+        params=init_params,
+        m_state=model.init_m_state(init_params),
+        objective=jnp.asarray(-jnp.inf, dtype),
+        n_iter=jnp.zeros((), jnp.int32),
+        status=jnp.asarray(Status.RUNNING, jnp.int32),
+        trace=jnp.full((max_iter,), jnp.nan, dtype),
+    )
+    final = jax.lax.while_loop(lambda s: s.status == Status.RUNNING, body, start)
+    final_value, _ = objective(model, final.params, X, sample_weight, chunk_size)
+    status = jnp.where(jnp.isfinite(final_value), final.status, Status.NON_FINITE).astype(jnp.int32)
+    return FitResult(
+        params=final.params,
+        log_likelihood=final_value,
+        n_iter=final.n_iter,
+        converged=status == Status.CONVERGED,
+        status=status,
+        trace=final.trace,
+        n_decreases=count_decreases(final.trace),
+    )

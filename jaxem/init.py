@@ -1,0 +1,81 @@
+"""Starting responsibilities for mixtures, computed on device (EM_NOTES: starting values).
+
+Each strategy returns responsibilities (n_samples, n_components); a model turns them into
+its starting params with one M-step. All are pure functions of an explicit `key`, so
+restarts are a `vmap` over keys.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+INIT_METHODS = ("kmeans++", "random", "random_from_data")
+
+
+def squared_distances(X: jax.Array, centers: jax.Array) -> jax.Array:
+    """Squared Euclidean distances, (n_samples, n_centers), without expanding the square."""
+    return jnp.sum((X[:, None, :] - centers[None, :, :]) ** 2, axis=-1)
+
+
+def kmeans_plusplus_centers(
+    key: jax.Array, X: jax.Array, sample_weight: jax.Array, n_components: int
+) -> jax.Array:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007), weighted by sample_weight.
+
+    Args:
+      X: (n_samples, n_features); sample_weight: (n_samples,).
+    Returns:
+      centers: (n_components, n_features), rows of X.
+    """
+    first_key, rest_key = jax.random.split(key)
+    log_w = jnp.log(sample_weight)
+    first = jax.random.categorical(first_key, log_w)
+    centers = jnp.zeros((n_components, X.shape[1]), X.dtype).at[0].set(X[first])
+    closest = jnp.sum((X - X[first]) ** 2, axis=1)
+
+    def add_center(k, carry):
+        centers, closest = carry
+        # D^2 weighting; the tiny floor keeps a valid distribution when all points coincide.
+        logits = log_w + jnp.log(closest + jnp.finfo(X.dtype).tiny)
+        index = jax.random.categorical(jax.random.fold_in(rest_key, k), logits)
+        centers = centers.at[k].set(X[index])
+        closest = jnp.minimum(closest, jnp.sum((X - X[index]) ** 2, axis=1))
+        return centers, closest
+
+    centers, _ = jax.lax.fori_loop(1, n_components, add_center, (centers, closest))
+    return centers
+
+
+def random_from_data_centers(
+    key: jax.Array, X: jax.Array, sample_weight: jax.Array, n_components: int
+) -> jax.Array:
+    """n_components distinct rows of X drawn with probability proportional to weight."""
+    p = sample_weight / jnp.sum(sample_weight)
+    index = jax.random.choice(key, X.shape[0], (n_components,), replace=False, p=p)
+    return X[index]
+
+
+def hard_responsibilities(X: jax.Array, centers: jax.Array) -> jax.Array:
+    """One-hot responsibilities (n_samples, n_centers) assigning each point its nearest center."""
+    nearest = jnp.argmin(squared_distances(X, centers), axis=1)
+    return jax.nn.one_hot(nearest, centers.shape[0], dtype=X.dtype)
+
+
+def random_responsibilities(key: jax.Array, n_samples: int, n_components: int, dtype) -> jax.Array:
+    """Uniform random responsibilities normalised over components, as scikit-learn's "random"."""
+    u = jax.random.uniform(key, (n_samples, n_components), dtype)
+    return u / jnp.sum(u, axis=1, keepdims=True)
+
+
+def initial_responsibilities(
+    key: jax.Array, X: jax.Array, sample_weight: jax.Array, n_components: int, method: str
+) -> jax.Array:
+    """Responsibilities (n_samples, n_components) from one of INIT_METHODS."""
+    if method == "kmeans++":
+        return hard_responsibilities(X, kmeans_plusplus_centers(key, X, sample_weight, n_components))
+    if method == "random_from_data":
+        return hard_responsibilities(X, random_from_data_centers(key, X, sample_weight, n_components))
+    if method == "random":
+        return random_responsibilities(key, X.shape[0], n_components, X.dtype)
+    raise ValueError(f"init must be one of {INIT_METHODS} or a dict of params, got {method!r}.")

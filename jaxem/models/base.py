@@ -1,0 +1,112 @@
+"""The model protocol the EM core runs, and a base class for finite mixtures.
+
+The seam (DESIGN.md) is additive sufficient statistics: `e_step(params, X, w)` returns a
+pytree of statistics that sums over data points, plus the summed log-likelihood; `m_step`
+maps statistics (and the previous params, for ECM-style or centred updates) to params.
+
+A mixture subclass supplies:
+  component_log_prob(params, X) -> (n_samples, n_components)  log p(x | z=k)
+  log_weights(params)            -> (n_components,)            log p(z=k)
+  statistics(params, X, resp)    -> additive stats from weighted responsibilities
+  m_step(stats, params)          -> params
+  params_from_resp(X, resp)      -> starting params from responsibilities
+  params_from_dict(d)            -> params from user-supplied arrays (validated)
+  param_constraints()            -> pytree of constraint names (jaxem.constraints)
+  n_parameters(n_features)       -> free parameter count, for BIC/AIC
+  sample(key, params, n)         -> (X, labels)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import logsumexp
+
+from jaxem import init as init_lib
+from jaxem import validation
+
+
+class MixtureModel:
+    """Shared E-step, prediction and model-selection code for finite mixtures."""
+
+    n_components: int
+
+    # --- the protocol used by jaxem.core --------------------------------------------------
+    def log_joint(self, params: Any, X: jax.Array) -> jax.Array:
+        """log p(x, z=k | params): (n_samples, n_components)."""
+        return self.component_log_prob(params, X) + self.log_weights(params)[None, :]
+
+    def e_step(self, params: Any, X: jax.Array, sample_weight: jax.Array) -> tuple[Any, jax.Array]:
+        """Additive sufficient statistics and the weighted summed log-likelihood.
+
+        Args:
+          X: (n_samples, n_features); sample_weight: (n_samples,).
+        Returns:
+          (stats, log_lik) with log_lik = sum_n w_n log p(x_n | params), a scalar.
+        """
+        log_joint = self.log_joint(params, X)
+        log_norm = logsumexp(log_joint, axis=1)
+        resp = jnp.exp(log_joint - log_norm[:, None]) * sample_weight[:, None]
+        # A zero-weight point contributes nothing, even if its density underflows to 0.
+        log_lik = jnp.sum(jnp.where(sample_weight > 0, sample_weight * log_norm, 0.0))
+        return self.statistics(params, X, resp), log_lik
+
+    def log_prior(self, params: Any) -> jax.Array:
+        """log p(params) for MAP-EM; the default flat prior is 0."""
+        return jnp.zeros((), jax.tree.leaves(params)[0].dtype)
+
+    def init_m_state(self, params: Any) -> Any:
+        """State an iterative M-step carries across EM iterations; none for closed forms."""
+        return ()
+
+    def maximize(self, stats: Any, params: Any, m_state: Any) -> tuple[Any, Any]:
+        """One M-step with its carried state; closed-form mixtures ignore the state."""
+        return self.m_step(stats, params), m_state
+
+    def init_params(
+        self, key: jax.Array, X: jax.Array, sample_weight: jax.Array, method: str
+    ) -> Any:
+        """Starting params from one of jaxem.init.INIT_METHODS (one M-step on responsibilities)."""
+        resp = init_lib.initial_responsibilities(key, X, sample_weight, self.n_components, method)
+        return self.params_from_resp(X, resp * sample_weight[:, None])
+
+    def check_data(self, X: jax.Array) -> None:
+        """Model-specific eager checks on validated data; raise ValueError when unusable."""
+        if X.shape[0] < self.n_components:
+            raise ValueError(
+                f"n_components={self.n_components} must be <= n_samples={X.shape[0]}."
+            )
+
+    # --- prediction -----------------------------------------------------------------------
+    def predict_proba(self, params: Any, X: Any) -> jax.Array:
+        """Posterior responsibilities p(z=k | x): (n_samples, n_components)."""
+        log_joint = self.log_joint(params, self._data(X))
+        return jnp.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))
+
+    def predict(self, params: Any, X: Any) -> jax.Array:
+        """Most probable component per sample: (n_samples,) int."""
+        return jnp.argmax(self.log_joint(params, self._data(X)), axis=1)
+
+    def score_samples(self, params: Any, X: Any) -> jax.Array:
+        """log p(x | params) per sample: (n_samples,)."""
+        return logsumexp(self.log_joint(params, self._data(X)), axis=1)
+
+    def score(self, params: Any, X: Any) -> jax.Array:
+        """Mean per-sample log-likelihood, a scalar."""
+        return jnp.mean(self.score_samples(params, X))
+
+    def bic(self, params: Any, X: Any) -> jax.Array:
+        """Bayesian information criterion, -2 log L + p log n (lower is better)."""
+        X = self._data(X)
+        n = X.shape[0]
+        return -2.0 * self.score(params, X) * n + self.n_parameters(X.shape[1]) * jnp.log(n)
+
+    def aic(self, params: Any, X: Any) -> jax.Array:
+        """Akaike information criterion, -2 log L + 2 p (lower is better)."""
+        X = self._data(X)
+        return -2.0 * self.score(params, X) * X.shape[0] + 2.0 * self.n_parameters(X.shape[1])
+
+    def _data(self, X: Any) -> jax.Array:
+        return validation.as_data(X)

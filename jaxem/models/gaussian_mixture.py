@@ -1,0 +1,235 @@
+"""Gaussian mixture: params, E-step statistics, closed-form M-step, sampling.
+
+Numerics, matching scikit-learn's GaussianMixture update for update:
+  * log densities use the precision Cholesky factor U (precision = U U^T), so that
+    (x - mu)^T Sigma^{-1} (x - mu) = ||(x - mu) U||^2;
+  * second moments are centred on the previous means c_k: the statistics are
+    n_k = sum r, s_k = sum r (x - c_k), S_k = sum r (x - c_k)(x - c_k)^T, which stay additive
+    over data points, and the M-step forms Sigma_k = S_k / n_k - d d^T with d = s_k / n_k,
+    a small correction near convergence. There is no E[x^2] - mu^2 cancellation, so data
+    far from the origin in float32 keeps positive, accurate variances;
+  * n_k gets 10 * eps added as in scikit-learn, and reg_covar is added to the diagonal of
+    every estimated covariance. A component that loses all its points therefore keeps its
+    previous mean, a covariance of about reg_covar * I and a weight near zero: it stays
+    finite (never NaN) and is visible as a near-zero weight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.linalg import solve_triangular
+
+from jaxem import validation
+from jaxem.models.base import MixtureModel
+
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+
+class GaussianMixtureParams(NamedTuple):
+    """Gaussian mixture parameters, in scikit-learn's shapes.
+
+    weights: (K,); means: (K, D); covariances: full (K, D, D), tied (D, D), diag (K, D),
+    spherical (K,).
+    """
+
+    weights: jax.Array
+    means: jax.Array
+    covariances: jax.Array
+
+
+class GaussianMixtureStats(NamedTuple):
+    """Additive statistics, centred on the means of the params they were computed at.
+
+    counts: (K,) sum of r; centred_sums: (K, D) sum of r (x - c_k); centred_squares:
+    full (K, D, D), tied (D, D) summed over k, diag (K, D), spherical (K,) summed over D.
+    """
+
+    counts: jax.Array
+    centred_sums: jax.Array
+    centred_squares: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class GaussianMixture(MixtureModel):
+    """Gaussian mixture model with full, tied, diagonal or spherical covariances.
+
+    Args:
+      n_components: number of mixture components K.
+      covariance_type: "full", "tied", "diag" or "spherical".
+      reg_covar: non-negative number added to the diagonal of every covariance; it is a
+        pytree leaf, so gradients with respect to it can be taken.
+    """
+
+    n_components: int = dataclasses.field(metadata=dict(static=True))
+    covariance_type: str = dataclasses.field(default="full", metadata=dict(static=True))
+    reg_covar: Any = 1e-6
+
+    def __post_init__(self):
+        validation.check_positive_int(self.n_components, "n_components")
+        validation.check_choice(self.covariance_type, "covariance_type", COVARIANCE_TYPES)
+        if isinstance(self.reg_covar, (int, float)):
+            validation.check_non_negative(self.reg_covar, "reg_covar")
+
+    # --- densities --------------------------------------------------------------------------
+    def log_weights(self, params: GaussianMixtureParams) -> jax.Array:
+        return jnp.log(params.weights)
+
+    def precisions_cholesky(self, params: GaussianMixtureParams) -> jax.Array:
+        """Precision Cholesky factors, scikit-learn's `precisions_cholesky_` and shapes."""
+        cov = params.covariances
+        if self.covariance_type in ("full", "tied"):
+            chol = jnp.linalg.cholesky(cov)
+            eye = jnp.broadcast_to(jnp.eye(cov.shape[-1], dtype=cov.dtype), cov.shape)
+            return jnp.swapaxes(solve_triangular(chol, eye, lower=True), -1, -2)
+        return jax.lax.rsqrt(cov)
+
+    def component_log_prob(self, params: GaussianMixtureParams, X: jax.Array) -> jax.Array:
+        """log N(x | mu_k, Sigma_k): (n_samples, n_components)."""
+        n_features = X.shape[1]
+        prec_chol = self.precisions_cholesky(params)
+        diff = X[:, None, :] - params.means[None, :, :]
+        if self.covariance_type == "full":
+            y = jnp.einsum("nkd,kde->nke", diff, prec_chol)
+            maha = jnp.sum(y * y, axis=-1)
+            log_det = jnp.sum(jnp.log(jnp.diagonal(prec_chol, axis1=-2, axis2=-1)), axis=-1)
+        elif self.covariance_type == "tied":
+            y = diff @ prec_chol
+            maha = jnp.sum(y * y, axis=-1)
+            log_det = jnp.sum(jnp.log(jnp.diagonal(prec_chol)))
+        elif self.covariance_type == "diag":
+            maha = jnp.sum((diff * prec_chol[None]) ** 2, axis=-1)
+            log_det = jnp.sum(jnp.log(prec_chol), axis=-1)
+        else:
+            maha = jnp.sum(diff * diff, axis=-1) * (prec_chol**2)[None]
+            log_det = n_features * jnp.log(prec_chol)
+        return -0.5 * (n_features * math.log(2 * math.pi) + maha) + log_det
+
+    # --- statistics and M-step ----------------------------------------------------------------
+    def statistics(
+        self, params: GaussianMixtureParams, X: jax.Array, resp: jax.Array
+    ) -> GaussianMixtureStats:
+        """Additive statistics from weighted responsibilities resp: (n_samples, K)."""
+        return self._centred_statistics(X, resp, params.means)
+
+    def _centred_statistics(
+        self, X: jax.Array, resp: jax.Array, centres: jax.Array
+    ) -> GaussianMixtureStats:
+        diff = X[:, None, :] - centres[None, :, :]
+        weighted = resp[:, :, None] * diff
+        counts = jnp.sum(resp, axis=0)
+        sums = jnp.sum(weighted, axis=0)
+        if self.covariance_type == "full":
+            squares = jnp.einsum("nkd,nke->kde", weighted, diff)
+        elif self.covariance_type == "tied":
+            squares = jnp.einsum("nkd,nke->de", weighted, diff)
+        elif self.covariance_type == "diag":
+            squares = jnp.sum(weighted * diff, axis=0)
+        else:
+            squares = jnp.sum(weighted * diff, axis=(0, 2))
+        return GaussianMixtureStats(counts, sums, squares)
+
+    def m_step(
+        self, stats: GaussianMixtureStats, params: GaussianMixtureParams
+    ) -> GaussianMixtureParams:
+        """Closed-form maximiser of Q given statistics centred on params.means."""
+        dtype = stats.centred_sums.dtype
+        counts = stats.counts + 10 * jnp.finfo(dtype).eps
+        offsets = stats.centred_sums / counts[:, None]
+        means = params.means + offsets
+        n_features = means.shape[1]
+        reg = jnp.asarray(self.reg_covar, dtype)
+        if self.covariance_type == "full":
+            cov = stats.centred_squares / counts[:, None, None]
+            cov = cov - offsets[:, :, None] * offsets[:, None, :]
+            cov = cov + reg * jnp.eye(n_features, dtype=dtype)
+        elif self.covariance_type == "tied":
+            outer = jnp.einsum("k,kd,ke->de", counts, offsets, offsets)
+            cov = (stats.centred_squares - outer) / jnp.sum(counts)
+            cov = cov + reg * jnp.eye(n_features, dtype=dtype)
+        elif self.covariance_type == "diag":
+            cov = stats.centred_squares / counts[:, None] - offsets**2 + reg
+        else:
+            per_feature = stats.centred_squares / counts - jnp.sum(offsets**2, axis=1)
+            cov = per_feature / n_features + reg
+        weights = counts / jnp.sum(counts)
+        return GaussianMixtureParams(weights, means, cov)
+
+    # --- initialisation -----------------------------------------------------------------------
+    def params_from_resp(self, X: jax.Array, resp: jax.Array) -> GaussianMixtureParams:
+        """One M-step from weighted responsibilities (n_samples, K), centred on the data mean."""
+        centre = jnp.sum(jnp.sum(resp, axis=1)[:, None] * X, axis=0) / jnp.sum(resp)
+        centres = jnp.broadcast_to(centre, (self.n_components, X.shape[1]))
+        reference = GaussianMixtureParams(None, centres, None)
+        return self.m_step(self._centred_statistics(X, resp, centres), reference)
+
+    def params_from_dict(self, values: dict, n_features: int, dtype: Any) -> GaussianMixtureParams:
+        """Validated params from a dict with keys weights, means, covariances (sklearn shapes)."""
+        missing = {"weights", "means", "covariances"} - set(values)
+        if missing:
+            raise ValueError(f"init dict is missing {sorted(missing)}.")
+        k, d = self.n_components, n_features
+        expected = {
+            "weights": (k,),
+            "means": (k, d),
+            "covariances": {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[
+                self.covariance_type
+            ],
+        }
+        arrays = {}
+        for name, shape in expected.items():
+            array = np.asarray(values[name], dtype=np.float64)
+            if array.shape != shape:
+                raise ValueError(f"init {name} must have shape {shape}, got {array.shape}.")
+            if not np.all(np.isfinite(array)):
+                raise ValueError(f"init {name} contains NaN or infinite values.")
+            arrays[name] = array
+        weights = arrays["weights"]
+        if np.any(weights < 0) or not np.isclose(weights.sum(), 1.0, atol=1e-6):
+            raise ValueError("init weights must be non-negative and sum to 1.")
+        self._check_covariances(arrays["covariances"])
+        return GaussianMixtureParams(*(jnp.asarray(arrays[n], dtype) for n in expected))
+
+    def _check_covariances(self, cov: np.ndarray) -> None:
+        if self.covariance_type in ("full", "tied"):
+            sym = np.allclose(cov, np.swapaxes(cov, -1, -2))
+            if not sym or np.any(np.linalg.eigvalsh(cov) <= 0):
+                raise ValueError("init covariances must be symmetric positive definite.")
+        elif np.any(cov <= 0):
+            raise ValueError("init covariances must be positive.")
+
+    # --- model selection and sampling ---------------------------------------------------------
+    def param_constraints(self) -> GaussianMixtureParams:
+        """Constraint names per params leaf (see jaxem.constraints)."""
+        cov = "positive_definite" if self.covariance_type in ("full", "tied") else "positive"
+        return GaussianMixtureParams("simplex", "real", cov)
+
+    def n_parameters(self, n_features: int) -> int:
+        """Free parameters: K - 1 weights, K * D means, and the covariance entries."""
+        k, d = self.n_components, n_features
+        cov = {"full": k * d * (d + 1) // 2, "tied": d * (d + 1) // 2, "diag": k * d, "spherical": k}
+        return cov[self.covariance_type] + k * d + k - 1
+
+    def sample(
+        self, key: jax.Array, params: GaussianMixtureParams, n_samples: int
+    ) -> tuple[jax.Array, jax.Array]:
+        """Draw n_samples points. Returns (X (n_samples, D), labels (n_samples,))."""
+        label_key, noise_key = jax.random.split(key)
+        labels = jax.random.categorical(label_key, jnp.log(params.weights), shape=(n_samples,))
+        noise = jax.random.normal(noise_key, (n_samples, params.means.shape[1]), params.means.dtype)
+        cov = params.covariances
+        if self.covariance_type == "full":
+            scaled = jnp.einsum("nde,ne->nd", jnp.linalg.cholesky(cov)[labels], noise)
+        elif self.covariance_type == "tied":
+            scaled = noise @ jnp.linalg.cholesky(cov).T
+        elif self.covariance_type == "diag":
+            scaled = noise * jnp.sqrt(cov[labels])
+        else:
+            scaled = noise * jnp.sqrt(cov[labels])[:, None]
+        return params.means[labels] + scaled, labels

@@ -1,0 +1,55 @@
+"""Chunked evaluation of a model's E-step: the map-reduce of EM_NOTES.md.
+
+Statistics are additive over data points, so the E-step over the whole data set is the
+tree-sum of E-steps over chunks. Scanning over chunks bounds the memory of intermediates
+(for a Gaussian mixture the (chunk, K, D) differences) at no change in the result beyond
+summation order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def tree_add(a: Any, b: Any) -> Any:
+    """Leafwise sum of two pytrees of the same structure."""
+    return jax.tree.map(jnp.add, a, b)
+
+
+def split_chunks(array: jax.Array, chunk_size: int, pad_value: str) -> jax.Array:
+    """(n, ...) -> (n_chunks, chunk_size, ...), padding the tail by repeating the last row
+    (pad_value="edge", keeps densities finite) or with zeros (pad_value="zero", for weights).
+    """
+    n = array.shape[0]
+    n_chunks = -(-n // chunk_size)
+    pad = n_chunks * chunk_size - n
+    widths = [(0, pad)] + [(0, 0)] * (array.ndim - 1)
+    padded = jnp.pad(array, widths, mode="edge" if pad_value == "edge" else "constant")
+    return padded.reshape((n_chunks, chunk_size) + array.shape[1:])
+
+
+def e_step(
+    model: Any, params: Any, X: jax.Array, sample_weight: jax.Array, chunk_size: int | None = None
+) -> tuple[Any, jax.Array]:
+    """model.e_step over all of X, in chunks of chunk_size rows when given.
+
+    Padded rows carry weight zero, so they add nothing to the statistics.
+    Returns (stats, summed log-likelihood), as model.e_step.
+    """
+    if chunk_size is None or chunk_size >= X.shape[0]:
+        return model.e_step(params, X, sample_weight)
+    chunks = split_chunks(X, chunk_size, "edge")
+    weights = split_chunks(sample_weight, chunk_size, "zero")
+    zero = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype),
+        jax.eval_shape(model.e_step, params, chunks[0], weights[0]),
+    )
+
+    def add_chunk(total, chunk):
+        return tree_add(total, model.e_step(params, *chunk)), None
+
+    total, _ = jax.lax.scan(add_chunk, zero, (chunks, weights))
+    return total

@@ -6,3 +6,10 @@ from jaxem.models import GaussianMixture, GaussianMixtureParams
 
 __all__ = ["FitResult", "GaussianMixture", "GaussianMixtureParams", "Status", "fit", "run_em", "status_message"]
 __version__ = "0.1.0"
+
+
+def data_path(name: str) -> str:
+    """Path of a data file bundled with jaxem (e.g. "old_faithful.csv")."""
+    import importlib.resources
+
+    return str(importlib.resources.files("jaxem") / "data" / name)

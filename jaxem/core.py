@@ -87,6 +87,16 @@ def objective(model, params, X, sample_weight, chunk_size=None):
     return total, stats
 
 
+def em_update(model, params, m_state, X, sample_weight, chunk_size=None):
+    """One E+M step, the fixed-point map T(params) = M(E(params)).
+
+    Returns (objective at `params`, new params, new M-step state).
+    """
+    value, stats = objective(model, params, X, sample_weight, chunk_size)
+    new_params, new_m_state = model.maximize(stats, params, m_state, X, sample_weight)
+    return value, new_params, new_m_state
+
+
 def all_finite(tree: Any) -> jax.Array:
     """True when every entry of every leaf is finite."""
     leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]
@@ -143,8 +153,9 @@ def run_em(
     tol = jnp.asarray(tol, dtype)
 
     def body(state: EMState) -> EMState:
-        value, stats = objective(model, state.params, X, sample_weight, chunk_size)
-        new_params, new_m_state = model.maximize(stats, state.params, state.m_state)
+        value, new_params, new_m_state = em_update(
+            model, state.params, state.m_state, X, sample_weight, chunk_size
+        )
         finite = jnp.isfinite(value) & all_finite(new_params)
         if criterion == "loglik":
             done = jnp.abs(value - state.objective) < tol

@@ -61,8 +61,14 @@ class MixtureModel:
         """State an iterative M-step carries across EM iterations; none for closed forms."""
         return ()
 
-    def maximize(self, stats: Any, params: Any, m_state: Any) -> tuple[Any, Any]:
-        """One M-step with its carried state; closed-form mixtures ignore the state."""
+    def maximize(
+        self, stats: Any, params: Any, m_state: Any, X: jax.Array, sample_weight: jax.Array
+    ) -> tuple[Any, Any]:
+        """One M-step with its carried state.
+
+        Closed-form mixtures use only the statistics; X and sample_weight are there for
+        M-steps that need the data itself (gradient steps on Q for generic models).
+        """
         return self.m_step(stats, params), m_state
 
     def init_params(

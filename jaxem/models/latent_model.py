@@ -257,13 +257,18 @@ class LatentModel(MixtureModel):
         self.frozen_mask(params)
 
     def params_from_dict(self, values: dict, n_features: int, dtype: Any) -> Any:
-        """Starting params from a user dict, checked against constraints and frozen.
+        """Starting params from a user dict (lists are arrays), checked against constraints.
 
         Raises:
           ValueError: non-finite values, or values outside their constraint (e.g. a
             negative "positive" entry, a "simplex" leaf not summing to one).
         """
-        params = jax.tree.map(lambda value: jnp.asarray(np.asarray(value, np.float64), dtype), values)
+        # A list is one array (as in JSON), not a pytree node.
+        params = jax.tree.map(
+            lambda value: jnp.asarray(np.asarray(value, np.float64), dtype),
+            values,
+            is_leaf=lambda value: isinstance(value, list),
+        )
         self._check_params_structure(params)
         constraints = self.param_constraints(params)
         for leaf in jax.tree.leaves(params):

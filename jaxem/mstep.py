@@ -69,6 +69,8 @@ class FrozenSpec:
             return frozen
         if isinstance(frozen, str):
             return cls(names=frozenset([frozen]))
+        if isinstance(frozen, (set, frozenset)) and all(isinstance(name, str) for name in frozen):
+            return cls(names=frozenset(frozen))
         leaves, structure = jax.tree.flatten(frozen)
         if all(isinstance(leaf, str) for leaf in leaves) and not isinstance(frozen, dict):
             return cls(names=frozenset(leaves))

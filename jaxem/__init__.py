@@ -2,9 +2,24 @@
 
 from jaxem.api import fit
 from jaxem.core import FitResult, Status, run_em, status_message
-from jaxem.models import GaussianMixture, GaussianMixtureParams
+from jaxem.diagnostics import ElboDecomposition, elbo_decomposition, monotonicity_chain
+from jaxem.models import GaussianMixture, GaussianMixtureParams, LatentModel
+from jaxem.mstep import freeze
 
-__all__ = ["FitResult", "GaussianMixture", "GaussianMixtureParams", "Status", "fit", "run_em", "status_message"]
+__all__ = [
+    "ElboDecomposition",
+    "FitResult",
+    "GaussianMixture",
+    "GaussianMixtureParams",
+    "LatentModel",
+    "Status",
+    "elbo_decomposition",
+    "fit",
+    "freeze",
+    "monotonicity_chain",
+    "run_em",
+    "status_message",
+]
 __version__ = "0.1.0"
 
 

@@ -38,7 +38,14 @@ def e_step(
 
     Padded rows carry weight zero, so they add nothing to the statistics.
     Returns (stats, summed log-likelihood), as model.e_step.
+    Raises:
+      ValueError: chunk_size given for a model whose statistics are not additive.
     """
+    if chunk_size is not None and not getattr(model, "additive_statistics", True):
+        raise ValueError(
+            f"chunk_size is not supported by {type(model).__name__}: its E-step statistics are "
+            "per-sample responsibilities, which chunks cannot sum. Fit without chunk_size."
+        )
     if chunk_size is None or chunk_size >= X.shape[0]:
         return model.e_step(params, X, sample_weight)
     chunks = split_chunks(X, chunk_size, "edge")

@@ -32,6 +32,8 @@ class MixtureModel:
     """Shared E-step, prediction and model-selection code for finite mixtures."""
 
     n_components: int
+    # e_step statistics sum over data points, so chunked/sharded E-steps may add them up.
+    additive_statistics = True
 
     # --- the protocol used by jaxem.core --------------------------------------------------
     def log_joint(self, params: Any, X: jax.Array) -> jax.Array:

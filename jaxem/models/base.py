@@ -11,7 +11,7 @@ A mixture subclass supplies:
   m_step(stats, params)          -> params
   params_from_resp(X, resp)      -> starting params from responsibilities
   params_from_dict(d)            -> params from user-supplied arrays (validated)
-  param_constraints()            -> pytree of constraint names (jaxem.constraints)
+  param_constraints(params)      -> pytree of constraint names (jaxem.constraints)
   n_parameters(n_features)       -> free parameter count, for BIC/AIC
   sample(key, params, n)         -> (X, labels)
 """

@@ -205,8 +205,8 @@ class GaussianMixture(MixtureModel):
             raise ValueError("init covariances must be positive.")
 
     # --- model selection and sampling ---------------------------------------------------------
-    def param_constraints(self) -> GaussianMixtureParams:
-        """Constraint names per params leaf (see jaxem.constraints)."""
+    def param_constraints(self, params: Any = None) -> GaussianMixtureParams:
+        """Constraint names per params leaf (see jaxem.constraints); params are not needed."""
         cov = "positive_definite" if self.covariance_type in ("full", "tied") else "positive"
         return GaussianMixtureParams("simplex", "real", cov)
 

@@ -18,6 +18,7 @@ Names (each acts on the trailing axes of a leaf, leading axes are batch axes):
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -81,6 +82,18 @@ def inverse(name: str, x: jax.Array) -> jax.Array:
         return _cholesky_to_unconstrained(x)
     sym = 0.5 * (x + jnp.swapaxes(x, -1, -2))
     return _cholesky_to_unconstrained(jnp.linalg.cholesky(sym))
+
+
+def free_size(name: str, shape: tuple[int, ...]) -> int:
+    """Number of free real coordinates of a parameter of `shape` under constraint `name`."""
+    _check(name)
+    batch = math.prod(shape[:-1]) if shape else 1
+    if name == "simplex":
+        return batch * (shape[-1] - 1)
+    if name in ("positive_definite", "cholesky"):
+        d = shape[-1]
+        return math.prod(shape[:-2]) * d * (d + 1) // 2
+    return math.prod(shape)
 
 
 def to_unconstrained(constraints: Any, params: Any) -> Any:

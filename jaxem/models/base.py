@@ -109,12 +109,16 @@ class MixtureModel:
         """Bayesian information criterion, -2 log L + p log n (lower is better)."""
         X = self._data(X)
         n = X.shape[0]
-        return -2.0 * self.score(params, X) * n + self.n_parameters(X.shape[1]) * jnp.log(n)
+        return -2.0 * self.score(params, X) * n + self.count_parameters(params, X.shape[1]) * jnp.log(n)
 
     def aic(self, params: Any, X: Any) -> jax.Array:
         """Akaike information criterion, -2 log L + 2 p (lower is better)."""
         X = self._data(X)
-        return -2.0 * self.score(params, X) * X.shape[0] + 2.0 * self.n_parameters(X.shape[1])
+        return -2.0 * self.score(params, X) * X.shape[0] + 2.0 * self.count_parameters(params, X.shape[1])
+
+    def count_parameters(self, params: Any, n_features: int) -> int:
+        """Free parameters for BIC/AIC; built-in families count them from n_features."""
+        return self.n_parameters(n_features)
 
     def _data(self, X: Any) -> jax.Array:
         return validation.as_data(X)

@@ -185,6 +185,14 @@ class LatentModel(MixtureModel):
         """Constraint names shaped exactly like params (missing dict keys filled with "real")."""
         return resolve_constraints(self.constraints, params)
 
+    def count_parameters(self, params: Any, n_features: int) -> int:
+        """Free real coordinates of the params that are not frozen (for BIC/AIC)."""
+        sizes = jax.tree.map(
+            lambda name, leaf, frozen: 0 if frozen else constraints_lib.free_size(name, leaf.shape),
+            self.param_constraints(params), params, self.frozen_mask(params),
+        )
+        return sum(jax.tree.leaves(sizes))
+
     def frozen_mask(self, params: Any) -> Any:
         """Pytree of bools shaped like params, True for frozen leaves."""
         return mstep.FrozenSpec.from_user(self.frozen).mask(params)

@@ -1,10 +1,13 @@
 """jaxem: JAX-accelerated, differentiable Expectation-Maximization."""
 
 from jaxem.api import fit
-from jaxem.core import FitResult, Status, run_em, status_message
+from jaxem.core import FitResult, Method, Status, method_name, run_em, status_message
 from jaxem.models import GaussianMixture, GaussianMixtureParams
 
-__all__ = ["FitResult", "GaussianMixture", "GaussianMixtureParams", "Status", "fit", "run_em", "status_message"]
+__all__ = [
+    "FitResult", "GaussianMixture", "GaussianMixtureParams", "Method", "Status", "fit", "method_name", "run_em",
+    "status_message",
+]
 __version__ = "0.1.0"
 
 

@@ -215,7 +215,7 @@ def run_squarem(
         step_max=jnp.asarray(STEP_MAX_START, dtype),
         extrapolated=jnp.asarray(False),
         n_iter=n_iter,
-        status=next_status(jnp.isfinite(value) & all_finite(mapped), False, n_iter, max_iter),
+        status=next_status(jnp.isfinite(value) & all_finite(mapped), jnp.asarray(False), n_iter, max_iter),
         trace=jnp.full((max_iter,), jnp.nan, dtype),
     )
     final = jax.lax.while_loop(lambda s: s.status == Status.RUNNING, body, start)
@@ -229,4 +229,194 @@ def run_squarem(
         n_decreases=count_decreases(final.trace),
         n_evals=1 + 2 * final.n_iter,
         method=jnp.where(final.extrapolated, Method.SQUAREM, Method.EM).astype(jnp.int32),
+    )
+
+
+# --- EM, then quasi-Newton ------------------------------------------------------------------------
+class EMPhaseState(NamedTuple):
+    """Carry of the EM phase: as jaxem.core.EMState, plus the last gain and a stall flag.
+
+    value: objective at the params entering the last iteration (-inf before the first).
+    """
+
+    params: Any
+    m_state: Any
+    value: jax.Array
+    gain: jax.Array
+    stalled: jax.Array
+    n_iter: jax.Array
+    n_evals: jax.Array
+    status: jax.Array
+    trace: jax.Array
+
+
+class LbfgsPhaseState(NamedTuple):
+    """Carry of the L-BFGS phase, in unconstrained coordinates `u`.
+
+    loss: the negative objective at u; grad: its gradient; failed: the last step did not
+    lower the loss (EM takes over again).
+    """
+
+    u: Any
+    loss: jax.Array
+    grad: Any
+    opt_state: Any
+    failed: jax.Array
+    n_iter: jax.Array
+    n_evals: jax.Array
+    status: jax.Array
+    trace: jax.Array
+
+
+def run_em_phase(model, state: EMPhaseState, X, sample_weight, *, max_iter, tol, criterion, chunk_size, switch):
+    """EM iterations from `state` until a stopping rule holds or, when `switch`, EM stalls.
+
+    EM has stalled once, after MIN_EM_ITER iterations, its gain per iteration shrinks by a
+    factor above STALL_RATE: it is in slow linear convergence. Stopping rules as run_em.
+    """
+
+    def body(state: EMPhaseState) -> EMPhaseState:
+        value, new_params, new_m_state = em_update(model, state.params, state.m_state, X, sample_weight, chunk_size)
+        finite = jnp.isfinite(value) & all_finite(new_params)
+        gain = value - state.value
+        n_iter = state.n_iter + 1
+        done = is_done(criterion, value, state.value, new_params, state.params, tol)
+        stalled = switch & (n_iter >= MIN_EM_ITER) & (gain > 0) & (gain >= STALL_RATE * state.gain)
+        keep = lambda new, old: tree_where(finite, new, old)
+        return EMPhaseState(
+            params=keep(new_params, state.params),
+            m_state=keep(new_m_state, state.m_state),
+            value=value,
+            gain=gain,
+            stalled=stalled,
+            n_iter=n_iter,
+            n_evals=state.n_evals + 1,
+            status=next_status(finite, done, n_iter, max_iter),
+            trace=state.trace.at[state.n_iter].set(value),
+        )
+
+    return jax.lax.while_loop(lambda s: (s.status == Status.RUNNING) & ~s.stalled, body, state)
+
+
+def run_lbfgs_phase(loss_fn, state: LbfgsPhaseState, *, max_iter, tol, criterion, to_params):
+    """optax.lbfgs steps on loss_fn until a stopping rule holds or a step fails to descend.
+
+    Each zoom line-search step is one value-and-gradient evaluation. Stopping rules are
+    run_em's, on the objective (-loss) or on the params (`to_params(u)`).
+    """
+    optimizer = optax.lbfgs(
+        memory_size=LBFGS_MEMORY,
+        linesearch=optax.scale_by_zoom_linesearch(
+            max_linesearch_steps=MAX_LINESEARCH_STEPS, initial_guess_strategy="one"
+        ),
+    )
+    state = state._replace(opt_state=optimizer.init(state.u))
+
+    def body(state: LbfgsPhaseState) -> LbfgsPhaseState:
+        updates, opt_state = optimizer.update(
+            state.grad, state.opt_state, state.u, value=state.loss, grad=state.grad, value_fn=loss_fn
+        )
+        u = optax.apply_updates(state.u, updates)
+        loss = optax.tree.get(opt_state, "value")
+        grad = optax.tree.get(opt_state, "grad")
+        descended = jnp.isfinite(loss) & all_finite(grad) & all_finite(u) & (loss <= state.loss)
+        n_iter = state.n_iter + 1
+        done = is_done(criterion, -loss, -state.loss, to_params(u), to_params(state.u), tol)
+        status = jnp.where(descended, next_status(jnp.asarray(True), done, n_iter, max_iter), Status.RUNNING)
+        keep = lambda new, old: tree_where(descended, new, old)
+        return LbfgsPhaseState(
+            u=keep(u, state.u),
+            loss=jnp.where(descended, loss, state.loss),
+            grad=keep(grad, state.grad),
+            opt_state=opt_state,
+            failed=~descended,
+            n_iter=n_iter,
+            n_evals=state.n_evals + optax.tree.get(opt_state, "num_linesearch_steps").astype(jnp.int32),
+            status=status.astype(jnp.int32),
+            trace=state.trace.at[state.n_iter].set(-state.loss),
+        )
+
+    running = lambda s: (s.status == Status.RUNNING) & ~s.failed
+    return jax.lax.while_loop(running, body, state)
+
+
+def run_quasi_newton(
+    model: Any,
+    init_params: Any,
+    X: jax.Array,
+    sample_weight: jax.Array,
+    *,
+    max_iter: int,
+    tol: Any,
+    criterion: str = "loglik",
+    chunk_size: int | None = None,
+) -> FitResult:
+    """EM until it stalls, then L-BFGS on the negative objective; EM again if L-BFGS fails.
+
+    EM is robust far from the maximum and slow near it; L-BFGS (optax.lbfgs with a zoom
+    line search, gradients by autodiff of the E-step's log-likelihood in unconstrained
+    coordinates) converges superlinearly near it. The line search only accepts descent,
+    and a step that does not lower the loss is discarded and hands the run back to EM
+    (without further switching), so the objective never decreases. The phases are three
+    `lax.while_loop`s; a phase with nothing to do costs no iteration.
+
+    Args, stopping rules and statuses are those of `jaxem.core.run_em`; max_iter bounds EM
+    iterations plus L-BFGS iterations. n_evals counts E-steps, value-and-gradients (one
+    per line-search step, one when L-BFGS starts) and the final evaluation.
+    Returns:
+      FitResult; method is QUASI_NEWTON when L-BFGS finished the run, else EM.
+    """
+    dtype = X.dtype
+    tol = jnp.asarray(tol, dtype)
+    constraints = model.param_constraints()
+    to_params = lambda u: from_unconstrained(constraints, u)
+    loss_fn = lambda u: -objective(model, to_params(u), X, sample_weight, chunk_size)[0]
+    options = dict(max_iter=max_iter, tol=tol, criterion=criterion)
+    em_phase = lambda state, switch: run_em_phase(
+        model, state, X, sample_weight, chunk_size=chunk_size, switch=switch, **options
+    )
+
+    zero = jnp.zeros((), jnp.int32)
+    first = em_phase(
+        EMPhaseState(
+            params=init_params, m_state=model.init_m_state(init_params), value=jnp.asarray(-jnp.inf, dtype),
+            gain=jnp.asarray(jnp.inf, dtype), stalled=jnp.asarray(False), n_iter=zero, n_evals=zero,
+            status=jnp.asarray(Status.RUNNING, jnp.int32), trace=jnp.full((max_iter,), jnp.nan, dtype),
+        ),
+        switch=True,
+    )
+
+    def start_lbfgs(em: EMPhaseState) -> LbfgsPhaseState:
+        u = to_unconstrained(constraints, em.params)
+        loss, grad = jax.value_and_grad(loss_fn)(u)
+        return LbfgsPhaseState(
+            u=u, loss=loss, grad=grad, opt_state=None, failed=~(jnp.isfinite(loss) & all_finite(grad)),
+            n_iter=em.n_iter, n_evals=em.n_evals + 1, status=em.status, trace=em.trace,
+        )
+
+    # value_and_grad runs for every restart under vmap; it is counted only where used.
+    switched = first.status == Status.RUNNING
+    lbfgs = run_lbfgs_phase(loss_fn, start_lbfgs(first), to_params=to_params, **options)
+    lbfgs = lbfgs._replace(n_evals=jnp.where(switched, lbfgs.n_evals, first.n_evals))
+    lbfgs_params = tree_where(switched, to_params(lbfgs.u), first.params)
+    last = em_phase(
+        first._replace(
+            params=lbfgs_params, value=jnp.asarray(-jnp.inf, dtype), stalled=jnp.asarray(False), n_iter=lbfgs.n_iter,
+            n_evals=lbfgs.n_evals, status=lbfgs.status, trace=lbfgs.trace,
+        ),
+        switch=False,
+    )
+    final_value, _ = objective(model, last.params, X, sample_weight, chunk_size)
+    status = jnp.where(jnp.isfinite(final_value), last.status, Status.NON_FINITE).astype(jnp.int32)
+    finished_by_lbfgs = switched & ~lbfgs.failed
+    return FitResult(
+        params=last.params,
+        log_likelihood=final_value,
+        n_iter=last.n_iter,
+        converged=status == Status.CONVERGED,
+        status=status,
+        trace=last.trace,
+        n_decreases=count_decreases(last.trace),
+        n_evals=last.n_evals + 1,
+        method=jnp.where(finished_by_lbfgs, Method.QUASI_NEWTON, Method.EM).astype(jnp.int32),
     )

@@ -1,7 +1,7 @@
 """jaxem: JAX-accelerated, differentiable Expectation-Maximization."""
 
 from jaxem.api import fit
-from jaxem.core import FitResult, Status, run_em, status_message
+from jaxem.core import FitResult, Method, Status, method_name, run_em, status_message
 from jaxem.diagnostics import ElboDecomposition, elbo_decomposition, monotonicity_chain
 from jaxem.models import GaussianMixture, GaussianMixtureParams, LatentModel
 from jaxem.mstep import freeze
@@ -12,10 +12,12 @@ __all__ = [
     "GaussianMixture",
     "GaussianMixtureParams",
     "LatentModel",
+    "Method",
     "Status",
     "elbo_decomposition",
     "fit",
     "freeze",
+    "method_name",
     "monotonicity_chain",
     "run_em",
     "status_message",

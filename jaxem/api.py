@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxem import validation
+from jaxem.accel import ACCELERATIONS
 from jaxem.core import CRITERIA, FitResult
 from jaxem.init import INIT_METHODS
 from jaxem.restarts import run_restarts, select_best
@@ -26,6 +27,7 @@ def fit(
     init: str | dict = "kmeans++",
     sample_weight: Any = None,
     chunk_size: int | None = None,
+    accelerate: str | None = None,
 ) -> FitResult:
     """Fit `model` to X by EM with `n_restarts` vmapped random restarts.
 
@@ -41,6 +43,9 @@ def fit(
       init: "kmeans++", "random", "random_from_data", or a dict of starting params.
       sample_weight: None or (n_samples,) non-negative weights.
       chunk_size: evaluate the E-step in chunks of this many rows to bound memory.
+      accelerate: None (plain EM), "squarem" (SQUAREM extrapolation of the EM map) or
+        "quasi_newton" (EM, then L-BFGS once EM stalls); see jaxem.accel. Both keep the
+        objective monotone; FitResult.n_evals counts the E-steps used.
     Returns:
       FitResult of the best restart, with every run in `.restarts`.
     Raises:
@@ -50,6 +55,7 @@ def fit(
     max_iter = validation.check_positive_int(max_iter, "max_iter")
     tol = validation.check_non_negative(tol, "tol")
     criterion = validation.check_choice(criterion, "criterion", CRITERIA)
+    accelerate = validation.check_choice(accelerate, "accelerate", ACCELERATIONS)
     if chunk_size is not None:
         chunk_size = validation.check_positive_int(chunk_size, "chunk_size")
     X = validation.as_data(X)
@@ -64,12 +70,12 @@ def fit(
     return _fit(
         model, X, sample_weight, key, start, tol,
         n_restarts=n_restarts, max_iter=max_iter, criterion=criterion,
-        init_method=init_method, chunk_size=chunk_size,
+        init_method=init_method, chunk_size=chunk_size, accelerate=accelerate,
     )
 
 
-@partial(jax.jit, static_argnames=("n_restarts", "max_iter", "criterion", "init_method", "chunk_size"))
-def _fit(model, X, sample_weight, key, start, tol, *, n_restarts, max_iter, criterion, init_method, chunk_size):
+@partial(jax.jit, static_argnames=("n_restarts", "max_iter", "criterion", "init_method", "chunk_size", "accelerate"))
+def _fit(model, X, sample_weight, key, start, tol, *, n_restarts, max_iter, criterion, init_method, chunk_size, accelerate):
     if start is None:
         keys = jax.random.split(key, n_restarts)
         init_params = jax.vmap(lambda k: model.init_params(k, X, sample_weight, init_method))(keys)
@@ -77,6 +83,6 @@ def _fit(model, X, sample_weight, key, start, tol, *, n_restarts, max_iter, crit
         init_params = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (n_restarts,) + leaf.shape), start)
     restarts = run_restarts(
         model, init_params, X, sample_weight,
-        max_iter=max_iter, tol=tol, criterion=criterion, chunk_size=chunk_size,
+        max_iter=max_iter, tol=tol, criterion=criterion, chunk_size=chunk_size, accelerate=accelerate,
     )
     return select_best(restarts)

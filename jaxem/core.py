@@ -44,6 +44,22 @@ def status_message(status: Any) -> str:
     return STATUS_MESSAGES[Status(int(status))]
 
 
+class Method(enum.IntEnum):
+    """Which optimiser produced a run's final params (FitResult.method)."""
+
+    EM = 0
+    SQUAREM = 1
+    QUASI_NEWTON = 2
+
+
+METHOD_NAMES = {Method.EM: "EM", Method.SQUAREM: "SQUAREM", Method.QUASI_NEWTON: "quasi-Newton"}
+
+
+def method_name(method: Any) -> str:
+    """Readable name for a method code (an int or a 0-d array)."""
+    return METHOD_NAMES[Method(int(method))]
+
+
 class FitResult(NamedTuple):
     """Outcome of a fit; a pytree, so it passes through jit and vmap.
 
@@ -54,6 +70,9 @@ class FitResult(NamedTuple):
     status: () int, a `Status` code; `status_message` turns it into words.
     trace: (max_iter,) objective at the params entering each iteration, NaN-padded.
     n_decreases: () iterations where the objective decreased beyond rounding.
+    n_evals: () E-step evaluations used (each also evaluates the objective; a
+      value-and-gradient of the log-likelihood counts as one).
+    method: () int, the `Method` that produced the final params; `method_name` names it.
     best_restart: () index of the selected restart (jaxem.fit), else None.
     restarts: FitResult with a leading n_restarts axis on every field (jaxem.fit), else None.
     """
@@ -65,6 +84,8 @@ class FitResult(NamedTuple):
     status: jax.Array
     trace: jax.Array
     n_decreases: jax.Array
+    n_evals: jax.Array
+    method: jax.Array
     best_restart: Any = None
     restarts: Any = None
 
@@ -196,4 +217,6 @@ def run_em(
         status=status,
         trace=final.trace,
         n_decreases=count_decreases(final.trace),
+        n_evals=final.n_iter + 1,
+        method=jnp.asarray(Method.EM, jnp.int32),
     )

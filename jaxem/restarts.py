@@ -11,15 +11,21 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxem import accel
 from jaxem.core import FitResult, Status, run_em
 
 
-def run_restarts(model: Any, init_params: Any, X: jax.Array, sample_weight: jax.Array, **options) -> FitResult:
-    """`run_em` vmapped over the leading (n_restarts) axis of init_params.
+def run_restarts(
+    model: Any, init_params: Any, X: jax.Array, sample_weight: jax.Array, accelerate: str | None = None, **options
+) -> FitResult:
+    """The single-start runner for `accelerate` vmapped over the leading (n_restarts) axis
+    of init_params: run_em (None), accel.run_squarem ("squarem") or
+    accel.run_quasi_newton ("quasi_newton").
 
     Returns a FitResult whose fields all have a leading n_restarts axis.
     """
-    return jax.vmap(lambda params: run_em(model, params, X, sample_weight, **options))(init_params)
+    runner = {None: run_em, "squarem": accel.run_squarem, "quasi_newton": accel.run_quasi_newton}[accelerate]
+    return jax.vmap(lambda params: runner(model, params, X, sample_weight, **options))(init_params)
 
 
 def best_restart_index(restarts: FitResult) -> jax.Array:

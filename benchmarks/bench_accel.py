@@ -1,0 +1,84 @@
+"""Plain EM vs SQUAREM vs quasi-Newton: E-step evaluations and wall time, one run.
+
+Problems: the London deaths two-Poisson mixture (Varadhan & Roland's start), two poorly
+separated Gaussian mixtures, and Old Faithful (3 full-covariance components). Wall time is
+the median of REPEATS runs of the compiled program (compile time reported separately).
+Writes benchmarks/results/accel.json.  Run: python benchmarks/bench_accel.py
+"""
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import jaxem  # noqa: E402
+from jaxem.accel import run_quasi_newton, run_squarem  # noqa: E402
+from jaxem.core import run_em  # noqa: E402
+from poisson_private import (  # noqa: E402
+    LONDON_COUNTS, LONDON_FREQUENCIES, LONDON_OPTIMUM_NEG_LOGLIK, PoissonMixture, PoissonParams,
+)
+
+REPEATS = 5
+RUNNERS = {"EM": run_em, "SQUAREM": run_squarem, "quasi-Newton": run_quasi_newton}
+
+
+def overlapping_gaussians(seed, n, d, shift):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    X[: n // 2] += shift
+    return jnp.asarray(X)
+
+
+def gmm_problem(name, X, model, seed):
+    start = model.init_params(jax.random.key(seed), X, jnp.ones(len(X)), "random_from_data")
+    return name, model, start, X, jnp.ones(len(X))
+
+
+def problems():
+    faithful = jnp.asarray(np.loadtxt(jaxem.data_path("old_faithful.csv"), delimiter=",", skiprows=1))
+    yield ("London deaths, 2 Poisson", PoissonMixture(2),
+           PoissonParams(jnp.array([0.3, 0.7]), jnp.array([1.0, 2.5])), LONDON_COUNTS, LONDON_FREQUENCIES)
+    yield gmm_problem("GMM 2D full, shift 1 (n=1000)", overlapping_gaussians(0, 1000, 2, 1.0),
+                      jaxem.GaussianMixture(2, reg_covar=0.0), 3)
+    yield gmm_problem("GMM 5D diag, shift 0.8 (n=2000)", overlapping_gaussians(1, 2000, 5, 0.8),
+                      jaxem.GaussianMixture(2, covariance_type="diag", reg_covar=0.0), 0)
+    yield gmm_problem("Old Faithful, 3 full", faithful, jaxem.GaussianMixture(3, reg_covar=1e-6), 1)
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - start
+
+
+def main():
+    rows = []
+    for name, model, start, X, w in problems():
+        for method, runner in RUNNERS.items():
+            max_iter = 50000 if method == "EM" else 5000
+            run = jax.jit(lambda p: runner(model, p, X, w, max_iter=max_iter, tol=1e-13))
+            result, compile_s = timed(run, start)
+            seconds = statistics.median(timed(run, start)[1] for _ in range(REPEATS))
+            loglik = float(result.log_likelihood)
+            row = dict(problem=name, method=method, n_evals=int(result.n_evals), n_iter=int(result.n_iter),
+                       status=jaxem.status_message(result.status), finished_by=jaxem.method_name(result.method),
+                       mean_loglik=loglik, wall_s_median=seconds, first_call_s=compile_s,
+                       n_decreases=int(result.n_decreases))
+            if name.startswith("London"):
+                row["neg_loglik_minus_published"] = -loglik * float(jnp.sum(w)) - LONDON_OPTIMUM_NEG_LOGLIK
+            rows.append(row)
+            print(f"{name:34s} {method:13s} evals {row['n_evals']:6d}  {seconds*1e3:9.2f} ms  "
+                  f"loglik/n {loglik:.12f}  {row['status']}, by {row['finished_by']}", flush=True)
+    out = Path(__file__).parent / "results" / "accel.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(dict(tol=1e-13, repeats=REPEATS, device=str(jax.devices()[0]), rows=rows), indent=1))
+
+
+if __name__ == "__main__":
+    main()

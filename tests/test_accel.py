@@ -1,0 +1,101 @@
+"""SQUAREM and quasi-Newton: published optimum, plain EM's optimum, monotone traces, jit, vmap."""
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxem
+from jaxem.accel import run_quasi_newton, run_squarem
+from jaxem.core import run_em
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from poisson_private import (  # noqa: E402  (private model until jaxem.PoissonMixture is merged)
+    LONDON_COUNTS, LONDON_FREQUENCIES, LONDON_OPTIMUM_NEG_LOGLIK, PoissonMixture, PoissonParams,
+)
+
+RUNNERS = {"squarem": run_squarem, "quasi_newton": run_quasi_newton}
+# Varadhan & Roland (2008)'s start for the London deaths data.
+LONDON_START = PoissonParams(jnp.array([0.3, 0.7]), jnp.array([1.0, 2.5]))
+
+
+def london_neg_loglik(result):
+    return -float(result.log_likelihood) * float(jnp.sum(LONDON_FREQUENCIES))
+
+
+@pytest.mark.parametrize("name", sorted(RUNNERS))
+@pytest.mark.parametrize("use_jit", [False, True])
+def test_london_deaths_published_optimum_in_few_evaluations(name, use_jit):
+    run = lambda p: RUNNERS[name](PoissonMixture(2), p, LONDON_COUNTS, LONDON_FREQUENCIES, max_iter=200, tol=1e-11)
+    result = (jax.jit(run) if use_jit else run)(LONDON_START)
+    assert bool(result.converged)
+    assert abs(london_neg_loglik(result) - LONDON_OPTIMUM_NEG_LOGLIK) < 1e-6
+    assert int(result.n_evals) <= 60
+    assert int(result.n_decreases) == 0
+
+
+def test_plain_em_on_london_needs_thousands_of_evaluations():
+    result = run_em(PoissonMixture(2), LONDON_START, LONDON_COUNTS, LONDON_FREQUENCIES, max_iter=5000, tol=1e-11)
+    assert int(result.n_evals) == int(result.n_iter) + 1 > 1000
+
+
+def overlapping_gaussians(seed=0, n=300):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 2))
+    X[: n // 2] += 1.0
+    return X
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_squarem_reaches_plain_em_optimum_with_fewer_evaluations(covariance_type):
+    X = overlapping_gaussians()
+    model = jaxem.GaussianMixture(2, covariance_type=covariance_type, reg_covar=0.0)
+    start = model.init_params(jax.random.key(3), jnp.asarray(X), jnp.ones(len(X)), "random_from_data")
+    w = jnp.ones(len(X))
+    em = run_em(model, start, jnp.asarray(X), w, max_iter=20000, tol=1e-13)
+    sq = run_squarem(model, start, jnp.asarray(X), w, max_iter=2000, tol=1e-13)
+    assert bool(em.converged) and bool(sq.converged)
+    np.testing.assert_allclose(float(sq.log_likelihood), float(em.log_likelihood), atol=1e-8)
+    assert int(sq.n_evals) * 3 < int(em.n_evals)
+    assert int(sq.n_decreases) == 0
+
+
+def test_squarem_matches_scikit_learn_optimum():
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    X = overlapping_gaussians(1)
+    model = jaxem.GaussianMixture(2, reg_covar=1e-6)
+    start = model.init_params(jax.random.key(0), jnp.asarray(X), jnp.ones(len(X)), "kmeans++")
+    sk = SkGaussianMixture(
+        2, reg_covar=1e-6, tol=1e-14, max_iter=100000, weights_init=np.asarray(start.weights),
+        means_init=np.asarray(start.means), precisions_init=np.linalg.inv(np.asarray(start.covariances)),
+    ).fit(X)
+    sq = run_squarem(model, start, jnp.asarray(X), jnp.ones(len(X)), max_iter=3000, tol=1e-14)
+    np.testing.assert_allclose(float(sq.log_likelihood), sk.score(X), atol=1e-8)
+
+
+@pytest.mark.parametrize("accelerate", [None, "squarem", "quasi_newton"])
+def test_vmapped_restarts_match_a_python_loop(accelerate):
+    X = overlapping_gaussians(2, n=200)
+    model = jaxem.GaussianMixture(2, covariance_type="diag", reg_covar=1e-6)
+    fit = jaxem.fit(model, X, key=jax.random.key(1), n_restarts=3, max_iter=300, tol=1e-9, accelerate=accelerate)
+    runner = {None: run_em, **RUNNERS}[accelerate]
+    single_run = jax.jit(lambda start: runner(model, start, jnp.asarray(X), jnp.ones(len(X)), max_iter=300, tol=1e-9))
+    for r, key in enumerate(jax.random.split(jax.random.key(1), 3)):
+        single = single_run(model.init_params(key, jnp.asarray(X), jnp.ones(len(X)), "kmeans++"))
+        np.testing.assert_allclose(fit.restarts.log_likelihood[r], single.log_likelihood, rtol=1e-10)
+        assert int(fit.restarts.n_evals[r]) == int(single.n_evals)
+        assert int(fit.restarts.method[r]) == int(single.method)
+        assert int(fit.restarts.n_decreases[r]) == 0
+
+
+def test_accelerate_is_validated():
+    with pytest.raises(ValueError, match="accelerate"):
+        jaxem.fit(jaxem.GaussianMixture(2), overlapping_gaussians(), key=jax.random.key(0), accelerate="aitken")
+
+
+def test_method_names():
+    assert [jaxem.method_name(m) for m in jaxem.Method] == ["EM", "SQUAREM", "quasi-Newton"]

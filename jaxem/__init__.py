@@ -3,8 +3,16 @@
 from jaxem.api import fit
 from jaxem.core import FitResult, Status, run_em, status_message
 from jaxem.models import GaussianMixture, GaussianMixtureParams
+from jaxem.models import (
+    BernoulliMixture,
+    CategoricalMixture,
+    MixtureOfRegressions,
+    PoissonMixture,
+    StudentTMixture,
+)
 
 __all__ = ["FitResult", "GaussianMixture", "GaussianMixtureParams", "Status", "fit", "run_em", "status_message"]
+__all__ += ["BernoulliMixture", "CategoricalMixture", "MixtureOfRegressions", "PoissonMixture", "StudentTMixture"]
 __version__ = "0.1.0"
 
 

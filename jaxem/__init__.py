@@ -5,14 +5,30 @@ from jaxem.core import FitResult, Status, run_em, status_message
 from jaxem.models import GaussianMixture, GaussianMixtureParams
 from jaxem.models import (
     BernoulliMixture,
+    BernoulliMixtureParams,
     CategoricalMixture,
+    CategoricalMixtureParams,
     MixtureOfRegressions,
+    MixtureOfRegressionsParams,
     PoissonMixture,
+    PoissonMixtureParams,
     StudentTMixture,
+    StudentTMixtureParams,
 )
 
 __all__ = ["FitResult", "GaussianMixture", "GaussianMixtureParams", "Status", "fit", "run_em", "status_message"]
-__all__ += ["BernoulliMixture", "CategoricalMixture", "MixtureOfRegressions", "PoissonMixture", "StudentTMixture"]
+__all__ += [
+    "BernoulliMixture",
+    "BernoulliMixtureParams",
+    "CategoricalMixture",
+    "CategoricalMixtureParams",
+    "MixtureOfRegressions",
+    "MixtureOfRegressionsParams",
+    "PoissonMixture",
+    "PoissonMixtureParams",
+    "StudentTMixture",
+    "StudentTMixtureParams",
+]
 __version__ = "0.1.0"
 
 

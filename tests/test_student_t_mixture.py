@@ -102,7 +102,7 @@ def test_huge_fixed_dof_is_the_gaussian_mixture():
 def test_converged_fit_is_a_stationary_point_of_the_likelihood():
     X = t_data()
     model = jaxem.StudentTMixture(2, reg_covar=0.0)
-    res = jaxem.fit(model, X, key=jax.random.key(0), init=as_init(start()), max_iter=3000, tol=1e-15)
+    res = jaxem.fit(model, X, key=jax.random.key(0), init=as_init(start()), max_iter=500, tol=1e-15)
     assert bool(res.converged) and int(res.n_decreases) == 0
     assert np.all((0.5 < res.params.dofs) & (res.params.dofs < 100.0))  # interior of the bracket
     names = model.param_constraints()
@@ -112,7 +112,7 @@ def test_converged_fit_is_a_stationary_point_of_the_likelihood():
 
     grads = jax.grad(mean_log_lik)(constraints.to_unconstrained(names, res.params))
     for g in jax.tree.leaves(grads):
-        np.testing.assert_allclose(g, 0.0, atol=1e-6)
+        np.testing.assert_allclose(g, 0.0, atol=1e-7)
 
 
 def test_outliers_move_the_t_location_far_less_than_the_gaussian_mean():

@@ -169,3 +169,16 @@ def test_bad_inputs_raise():
         jaxem.fit(model, X, key=jax.random.key(0), init=as_init(start()) | dict(coefs=np.zeros((2, 2))))
     with pytest.raises(ValueError, match="reg_variance"):
         jaxem.MixtureOfRegressions(2, reg_variance=-1.0)
+
+
+def test_float32_target_far_from_origin_keeps_accurate_variances():
+    X = regression_data()
+    X[:, -1] += 1e4
+    options = dict(key=jax.random.key(0), n_restarts=3, max_iter=300, tol=1e-6)
+    res32 = jaxem.fit(jaxem.MixtureOfRegressions(2), X.astype(np.float32), **options)
+    res64 = jaxem.fit(jaxem.MixtureOfRegressions(2), X, **options)
+    assert res32.params.variances.dtype == jnp.float32
+    order32 = np.argsort(np.asarray(res32.params.coefs[:, 1]))
+    order64 = np.argsort(np.asarray(res64.params.coefs[:, 1]))
+    np.testing.assert_allclose(res32.params.variances[order32], res64.params.variances[order64], rtol=5e-3)
+    np.testing.assert_allclose(res32.params.coefs[order32], res64.params.coefs[order64], rtol=1e-3, atol=1e-3)

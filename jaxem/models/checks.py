@@ -30,10 +30,11 @@ def arrays_from_dict(values: dict, shapes: dict[str, tuple[int, ...]]) -> dict[s
     return arrays
 
 
-def check_probabilities(array: np.ndarray, name: str, axis: int = -1) -> None:
-    """Entries non-negative and summing to one along `axis` (mixture weights, categorical probs)."""
-    if np.any(array < 0) or not np.allclose(array.sum(axis=axis), 1.0, atol=1e-6):
-        raise ValueError(f"init {name} must be non-negative and sum to 1 along axis {axis}.")
+def check_probabilities(array: np.ndarray, name: str) -> None:
+    """Entries non-negative and summing to one over the last axis (weights, categorical probs)."""
+    if np.any(array < 0) or not np.allclose(array.sum(axis=-1), 1.0, atol=1e-6):
+        where = " over its last axis" if array.ndim > 1 else ""
+        raise ValueError(f"init {name} must be non-negative and sum to 1{where}.")
 
 
 def check_in_range(array: np.ndarray, name: str, low: float, high: float) -> None:

@@ -182,3 +182,12 @@ def test_float32_target_far_from_origin_keeps_accurate_variances():
     order64 = np.argsort(np.asarray(res64.params.coefs[:, 1]))
     np.testing.assert_allclose(res32.params.variances[order32], res64.params.variances[order64], rtol=5e-3)
     np.testing.assert_allclose(res32.params.coefs[order32], res64.params.coefs[order64], rtol=1e-3, atol=1e-3)
+
+
+def test_empty_component_keeps_its_coefficients_and_stays_finite():
+    X = regression_data()[:50]
+    init = dict(weights=[0.5, 0.5], coefs=[[1.0, 2.0, -1.0], [1e4, 0.0, 0.0]], variances=[1.0, 1.0])
+    res = jaxem.fit(jaxem.MixtureOfRegressions(2), X, key=jax.random.key(0), init=init, max_iter=5, tol=0)
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in res.params)
+    assert float(res.params.weights[1]) < 1e-10
+    np.testing.assert_allclose(res.params.coefs[1], init["coefs"][1])

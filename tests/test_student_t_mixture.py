@@ -182,3 +182,12 @@ def test_bad_options_and_init_raise():
     bad_cov = as_init(start()) | dict(covariances=np.stack([np.eye(2), -np.eye(2)]))
     with pytest.raises(ValueError, match="positive definite"):
         jaxem.fit(jaxem.StudentTMixture(2), X, key=jax.random.key(0), init=bad_cov)
+
+
+def test_empty_component_stays_finite():
+    X = np.random.default_rng(0).normal(size=(50, 2))
+    init = dict(weights=[0.5, 0.5], means=[[0.0, 0.0], [1e3, 1e3]], covariances=np.stack([np.eye(2)] * 2), dofs=[5.0, 5.0])
+    res = jaxem.fit(jaxem.StudentTMixture(2), X, key=jax.random.key(0), init=init, max_iter=5, tol=0)
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in res.params)
+    assert float(res.params.weights[1]) < 1e-10
+    assert bool(jnp.isfinite(res.log_likelihood))

@@ -12,7 +12,8 @@ a one-dimensional root:
            c_k = sum r (log u - u) / sum r + psi((nu_old + D)/2) - log((nu_old + D)/2),
 solved by DOF_BISECTION_STEPS bisection steps on log nu inside [min_dof, max_dof]. The
 left-hand side decreases in nu (Q is concave in nu), so the bracketed root is the exact
-maximiser over the bracket and EM stays monotone.
+maximiser over the bracket and EM stays monotone. (Peel & McLachlan present this as ECM;
+because Q separates, the conditional maximisations here are a full M-step.)
 
 Statistics stay additive: sums of r, r u, r u (x - c_k), r u (x - c_k)(x - c_k)^T and
 r (log u - u), with second moments centred on the previous means c_k as in

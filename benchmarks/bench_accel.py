@@ -20,9 +20,9 @@ import numpy as np  # noqa: E402
 import jaxem  # noqa: E402
 from jaxem.accel import run_quasi_newton, run_squarem  # noqa: E402
 from jaxem.core import run_em  # noqa: E402
-from poisson_private import (  # noqa: E402
-    LONDON_COUNTS, LONDON_FREQUENCIES, LONDON_OPTIMUM_NEG_LOGLIK, PoissonMixture, PoissonParams,
-)
+LONDON = np.loadtxt(jaxem.data_path("london_deaths.csv"), delimiter=",", skiprows=1)
+LONDON_COUNTS, LONDON_FREQUENCIES = jnp.asarray(LONDON[:, :1]), jnp.asarray(LONDON[:, 1])
+LONDON_OPTIMUM_NEG_LOGLIK = 1989.945859883  # published optimum (Varadhan & Roland 2008)
 
 REPEATS = 5
 RUNNERS = {"EM": run_em, "SQUAREM": run_squarem, "quasi-Newton": run_quasi_newton}
@@ -42,8 +42,8 @@ def gmm_problem(name, X, model, seed):
 
 def problems():
     faithful = jnp.asarray(np.loadtxt(jaxem.data_path("old_faithful.csv"), delimiter=",", skiprows=1))
-    yield ("London deaths, 2 Poisson", PoissonMixture(2),
-           PoissonParams(jnp.array([0.3, 0.7]), jnp.array([1.0, 2.5])), LONDON_COUNTS, LONDON_FREQUENCIES)
+    yield ("London deaths, 2 Poisson", jaxem.PoissonMixture(2),
+           jaxem.PoissonMixtureParams(jnp.array([0.3, 0.7]), jnp.array([[1.0], [2.5]])), LONDON_COUNTS, LONDON_FREQUENCIES)
     yield gmm_problem("GMM 2D full, shift 1 (n=1000)", overlapping_gaussians(0, 1000, 2, 1.0),
                       jaxem.GaussianMixture(2, reg_covar=0.0), 3)
     yield gmm_problem("GMM 5D diag, shift 0.8 (n=2000)", overlapping_gaussians(1, 2000, 5, 0.8),

@@ -3,17 +3,41 @@
 from jaxem.api import fit
 from jaxem.core import FitResult, Method, Status, method_name, run_em, status_message
 from jaxem.diagnostics import ElboDecomposition, elbo_decomposition, monotonicity_chain
-from jaxem.models import GaussianMixture, GaussianMixtureParams, LatentModel
+from jaxem.models import (
+    BernoulliMixture,
+    BernoulliMixtureParams,
+    CategoricalMixture,
+    CategoricalMixtureParams,
+    GaussianMixture,
+    GaussianMixtureParams,
+    LatentModel,
+    MixtureOfRegressions,
+    MixtureOfRegressionsParams,
+    PoissonMixture,
+    PoissonMixtureParams,
+    StudentTMixture,
+    StudentTMixtureParams,
+)
 from jaxem.mstep import freeze
 
 __all__ = [
+    "BernoulliMixture",
+    "BernoulliMixtureParams",
+    "CategoricalMixture",
+    "CategoricalMixtureParams",
     "ElboDecomposition",
     "FitResult",
     "GaussianMixture",
     "GaussianMixtureParams",
     "LatentModel",
     "Method",
+    "MixtureOfRegressions",
+    "MixtureOfRegressionsParams",
+    "PoissonMixture",
+    "PoissonMixtureParams",
     "Status",
+    "StudentTMixture",
+    "StudentTMixtureParams",
     "elbo_decomposition",
     "fit",
     "freeze",

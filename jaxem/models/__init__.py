@@ -1,6 +1,35 @@
 """Model families, one per file."""
 
+from jaxem.models.bernoulli_mixture import BernoulliMixture, BernoulliMixtureParams, BernoulliMixtureStats
+from jaxem.models.categorical_mixture import CategoricalMixture, CategoricalMixtureParams, CategoricalMixtureStats
 from jaxem.models.gaussian_mixture import GaussianMixture, GaussianMixtureParams, GaussianMixtureStats
 from jaxem.models.latent_model import LatentModel
+from jaxem.models.mixture_of_regressions import (
+    MixtureOfRegressions,
+    MixtureOfRegressionsParams,
+    MixtureOfRegressionsStats,
+)
+from jaxem.models.poisson_mixture import PoissonMixture, PoissonMixtureParams, PoissonMixtureStats
+from jaxem.models.student_t_mixture import StudentTMixture, StudentTMixtureParams, StudentTMixtureStats
 
-__all__ = ["GaussianMixture", "GaussianMixtureParams", "GaussianMixtureStats", "LatentModel"]
+__all__ = [
+    "BernoulliMixture",
+    "BernoulliMixtureParams",
+    "BernoulliMixtureStats",
+    "CategoricalMixture",
+    "CategoricalMixtureParams",
+    "CategoricalMixtureStats",
+    "GaussianMixture",
+    "GaussianMixtureParams",
+    "GaussianMixtureStats",
+    "LatentModel",
+    "MixtureOfRegressions",
+    "MixtureOfRegressionsParams",
+    "MixtureOfRegressionsStats",
+    "PoissonMixture",
+    "PoissonMixtureParams",
+    "PoissonMixtureStats",
+    "StudentTMixture",
+    "StudentTMixtureParams",
+    "StudentTMixtureStats",
+]

@@ -26,6 +26,7 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 
 from jaxem import validation
+from jaxem.models import checks
 from jaxem.models.base import MixtureModel
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -171,9 +172,6 @@ class GaussianMixture(MixtureModel):
 
     def params_from_dict(self, values: dict, n_features: int, dtype: Any) -> GaussianMixtureParams:
         """Validated params from a dict with keys weights, means, covariances (sklearn shapes)."""
-        missing = {"weights", "means", "covariances"} - set(values)
-        if missing:
-            raise ValueError(f"init dict is missing {sorted(missing)}.")
         k, d = self.n_components, n_features
         expected = {
             "weights": (k,),
@@ -182,17 +180,8 @@ class GaussianMixture(MixtureModel):
                 self.covariance_type
             ],
         }
-        arrays = {}
-        for name, shape in expected.items():
-            array = np.asarray(values[name], dtype=np.float64)
-            if array.shape != shape:
-                raise ValueError(f"init {name} must have shape {shape}, got {array.shape}.")
-            if not np.all(np.isfinite(array)):
-                raise ValueError(f"init {name} contains NaN or infinite values.")
-            arrays[name] = array
-        weights = arrays["weights"]
-        if np.any(weights < 0) or not np.isclose(weights.sum(), 1.0, atol=1e-6):
-            raise ValueError("init weights must be non-negative and sum to 1.")
+        arrays = checks.arrays_from_dict(values, expected)
+        checks.check_probabilities(arrays["weights"], "weights")
         self._check_covariances(arrays["covariances"])
         return GaussianMixtureParams(*(jnp.asarray(arrays[n], dtype) for n in expected))
 

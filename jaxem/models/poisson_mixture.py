@@ -1,0 +1,117 @@
+"""Poisson mixture: independent Poisson counts per feature, closed-form M-step.
+
+log p(x | z=k) = sum_d [x_d log lambda_kd - lambda_kd - log x_d!]. The statistics
+n_k = sum r and s_k = sum r x are additive; the M-step is lambda_k = s_k / n_k, floored at
+`min_rate`. Q is concave in each rate, so the floored value is the exact maximiser of Q
+over rates >= min_rate and EM stays monotone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import gammaln, xlogy
+
+from jaxem import validation
+from jaxem.models import checks
+from jaxem.models.base import MixtureModel
+
+
+class PoissonMixtureParams(NamedTuple):
+    """weights: (K,) mixing proportions; rates: (K, D) Poisson means per component and feature."""
+
+    weights: jax.Array
+    rates: jax.Array
+
+
+class PoissonMixtureStats(NamedTuple):
+    """counts: (K,) sum of r; sums: (K, D) sum of r x."""
+
+    counts: jax.Array
+    sums: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PoissonMixture(MixtureModel):
+    """Mixture of products of independent Poisson distributions.
+
+    Data: X (n_samples, D) of non-negative whole-number counts (floats holding integers are
+    accepted; jaxem.fit turns integer arrays into floats). Feature d of a point from
+    component k is Poisson(rates[k, d]), independently of the other features.
+
+    Args:
+      n_components: number of mixture components K.
+      min_rate: floor >= 0 on every fitted rate (a pytree leaf). The default 1e-10 keeps
+        log-rates finite when a component sees only zeros in a feature.
+    """
+
+    n_components: int = dataclasses.field(metadata=dict(static=True))
+    min_rate: Any = 1e-10
+
+    def __post_init__(self):
+        validation.check_positive_int(self.n_components, "n_components")
+        checks.check_hyperparameter(self.min_rate, "min_rate")
+
+    def check_data(self, X: jax.Array) -> None:
+        super().check_data(X)
+        checks.check_integer_data(X, "non-negative counts", low=0)
+
+    # --- densities --------------------------------------------------------------------------
+    def log_weights(self, params: PoissonMixtureParams) -> jax.Array:
+        return jnp.log(params.weights)
+
+    def component_log_prob(self, params: PoissonMixtureParams, X: jax.Array) -> jax.Array:
+        """log prod_d Poisson(x_d | rates[k, d]): (n_samples, n_components)."""
+        rates = params.rates[None, :, :]
+        x = X[:, None, :]
+        return jnp.sum(xlogy(x, rates) - rates - gammaln(x + 1.0), axis=-1)
+
+    # --- statistics and M-step ----------------------------------------------------------------
+    def statistics(
+        self, params: PoissonMixtureParams, X: jax.Array, resp: jax.Array
+    ) -> PoissonMixtureStats:
+        """Additive statistics from weighted responsibilities resp: (n_samples, K)."""
+        return PoissonMixtureStats(jnp.sum(resp, axis=0), resp.T @ X)
+
+    def m_step(self, stats: PoissonMixtureStats, params: PoissonMixtureParams) -> PoissonMixtureParams:
+        """Closed-form maximiser of Q: weights n_k / n, rates max(s_k / n_k, min_rate)."""
+        dtype = stats.sums.dtype
+        counts = stats.counts + 10 * jnp.finfo(dtype).eps
+        rates = jnp.maximum(stats.sums / counts[:, None], jnp.asarray(self.min_rate, dtype))
+        return PoissonMixtureParams(counts / jnp.sum(counts), rates)
+
+    # --- initialisation -----------------------------------------------------------------------
+    def params_from_resp(self, X: jax.Array, resp: jax.Array) -> PoissonMixtureParams:
+        """One M-step from weighted responsibilities (n_samples, K)."""
+        return self.m_step(self.statistics(None, X, resp), None)
+
+    def params_from_dict(self, values: dict, n_features: int, dtype: Any) -> PoissonMixtureParams:
+        """Validated params from a dict with keys weights (K,) and rates (K, D), rates > 0."""
+        k = self.n_components
+        arrays = checks.arrays_from_dict(values, {"weights": (k,), "rates": (k, n_features)})
+        checks.check_probabilities(arrays["weights"], "weights")
+        if arrays["rates"].min() <= 0:
+            raise ValueError("init rates must be positive.")
+        return PoissonMixtureParams(*(jnp.asarray(arrays[n], dtype) for n in ("weights", "rates")))
+
+    # --- model selection and sampling ---------------------------------------------------------
+    def param_constraints(self, params: Any = None) -> PoissonMixtureParams:
+        """Constraint names per params leaf (see jaxem.constraints)."""
+        return PoissonMixtureParams("simplex", "positive")
+
+    def n_parameters(self, n_features: int) -> int:
+        """Free parameters: K - 1 weights and K * D rates."""
+        return self.n_components * n_features + self.n_components - 1
+
+    def sample(
+        self, key: jax.Array, params: PoissonMixtureParams, n_samples: int
+    ) -> tuple[jax.Array, jax.Array]:
+        """Draw n_samples points. Returns (X (n_samples, D) float counts, labels (n_samples,))."""
+        label_key, count_key = jax.random.split(key)
+        labels = jax.random.categorical(label_key, jnp.log(params.weights), shape=(n_samples,))
+        rates = params.rates[labels]
+        return jax.random.poisson(count_key, rates).astype(rates.dtype), labels

@@ -1,8 +1,5 @@
 """SQUAREM and quasi-Newton: published optimum, plain EM's optimum, monotone traces, jit, vmap."""
 
-import sys
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,8 +12,6 @@ from jaxem.core import run_em
 LONDON = np.loadtxt(jaxem.data_path("london_deaths.csv"), delimiter=",", skiprows=1)
 LONDON_COUNTS, LONDON_FREQUENCIES = jnp.asarray(LONDON[:, :1]), jnp.asarray(LONDON[:, 1])
 LONDON_OPTIMUM_NEG_LOGLIK = 1989.945859883  # published optimum (Varadhan & Roland 2008)
-    LONDON_COUNTS, LONDON_FREQUENCIES, LONDON_OPTIMUM_NEG_LOGLIK, PoissonMixture, PoissonParams,
-)
 
 RUNNERS = {"squarem": run_squarem, "quasi_newton": run_quasi_newton}
 # Varadhan & Roland (2008)'s start for the London deaths data.

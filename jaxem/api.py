@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxem import validation
-from jaxem.core import CRITERIA, FitResult
+from jaxem.core import CRITERIA, DIFF_MODES, FitResult
+from jaxem.implicit import ADJOINT_SOLVERS
 from jaxem.init import INIT_METHODS
 from jaxem.restarts import run_restarts, select_best
 
@@ -26,6 +27,8 @@ def fit(
     init: str | dict = "kmeans++",
     sample_weight: Any = None,
     chunk_size: int | None = None,
+    diff: str | None = "implicit",
+    adjoint: str = "fixed_point",
 ) -> FitResult:
     """Fit `model` to X by EM with `n_restarts` vmapped random restarts.
 
@@ -41,6 +44,14 @@ def fit(
       init: "kmeans++", "random", "random_from_data", or a dict of starting params.
       sample_weight: None or (n_samples,) non-negative weights.
       chunk_size: evaluate the E-step in chunks of this many rows to bound memory.
+      diff: how reverse-mode gradients (jax.grad of anything computed from the result, with
+        respect to X, sample_weight and the model's continuous leaves such as reg_covar)
+        pass through the fit. "implicit": through the converged fixed point (jaxem.implicit;
+        starting params get no gradient, backward cost independent of the iteration
+        count). "unroll": through every iteration of a bounded scan (memory grows with
+        max_iter). None: no reverse mode. The fitted values are the same in all three.
+        With restarts, the gradient flows through the selected run.
+      adjoint: solver of the implicit adjoint system: "fixed_point", "gmres" or "bicgstab".
     Returns:
       FitResult of the best restart, with every run in `.restarts`.
     Raises:
@@ -50,6 +61,8 @@ def fit(
     max_iter = validation.check_positive_int(max_iter, "max_iter")
     tol = validation.check_non_negative(tol, "tol")
     criterion = validation.check_choice(criterion, "criterion", CRITERIA)
+    diff = validation.check_choice(diff, "diff", DIFF_MODES)
+    adjoint = validation.check_choice(adjoint, "adjoint", ADJOINT_SOLVERS)
     if chunk_size is not None:
         chunk_size = validation.check_positive_int(chunk_size, "chunk_size")
     X = validation.as_data(X)
@@ -64,12 +77,15 @@ def fit(
     return _fit(
         model, X, sample_weight, key, start, tol,
         n_restarts=n_restarts, max_iter=max_iter, criterion=criterion,
-        init_method=init_method, chunk_size=chunk_size,
+        init_method=init_method, chunk_size=chunk_size, diff=diff, adjoint=adjoint,
     )
 
 
-@partial(jax.jit, static_argnames=("n_restarts", "max_iter", "criterion", "init_method", "chunk_size"))
-def _fit(model, X, sample_weight, key, start, tol, *, n_restarts, max_iter, criterion, init_method, chunk_size):
+@partial(
+    jax.jit,
+    static_argnames=("n_restarts", "max_iter", "criterion", "init_method", "chunk_size", "diff", "adjoint"),
+)
+def _fit(model, X, sample_weight, key, start, tol, *, n_restarts, max_iter, criterion, init_method, chunk_size, diff, adjoint):
     if start is None:
         keys = jax.random.split(key, n_restarts)
         init_params = jax.vmap(lambda k: model.init_params(k, X, sample_weight, init_method))(keys)
@@ -77,6 +93,6 @@ def _fit(model, X, sample_weight, key, start, tol, *, n_restarts, max_iter, crit
         init_params = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (n_restarts,) + leaf.shape), start)
     restarts = run_restarts(
         model, init_params, X, sample_weight,
-        max_iter=max_iter, tol=tol, criterion=criterion, chunk_size=chunk_size,
+        max_iter=max_iter, tol=tol, criterion=criterion, chunk_size=chunk_size, diff=diff, adjoint=adjoint,
     )
     return select_best(restarts)

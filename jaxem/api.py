@@ -28,7 +28,7 @@ def fit(
     sample_weight: Any = None,
     chunk_size: int | None = None,
     diff: str | None = "implicit",
-    adjoint: str = "fixed_point",
+    adjoint: str = "bicgstab",
 ) -> FitResult:
     """Fit `model` to X by EM with `n_restarts` vmapped random restarts.
 
@@ -51,7 +51,9 @@ def fit(
         count). "unroll": through every iteration of a bounded scan (memory grows with
         max_iter). None: no reverse mode. The fitted values are the same in all three.
         With restarts, the gradient flows through the selected run.
-      adjoint: solver of the implicit adjoint system: "fixed_point", "gmres" or "bicgstab".
+      adjoint: solver of the implicit adjoint system: "bicgstab" (default), "gmres", or
+        "fixed_point" (iterates u <- v + J^T u, converging at EM's own rate, so it is slow
+        where EM is slow; see benchmarks/bench_implicit.py).
     Returns:
       FitResult of the best restart, with every run in `.restarts`.
     Raises:

@@ -187,7 +187,7 @@ def run_em(
     criterion: str = "loglik",
     chunk_size: int | None = None,
     diff: str | None = "implicit",
-    adjoint: str = "fixed_point",
+    adjoint: str = "bicgstab",
 ) -> FitResult:
     """EM from `init_params` until the stopping rule holds, max_iter, or a non-finite value.
 
@@ -230,7 +230,7 @@ def run_em(
         def fixed_point_map(params, final, model, X, sample_weight, tol):
             return em_update(model, params, final.m_state, X, sample_weight, chunk_size)[1]
 
-        solve = implicit.custom_fixed_point(fixed_point_map, solver=adjoint, max_iter=max(max_iter, 1000))(solve)
+        solve = implicit.custom_fixed_point(fixed_point_map, solver=adjoint, max_iter=max_iter)(solve)
     params, final = solve(init_params, model, X, sample_weight, tol)
     final = final._replace(params=params)
     final_value, _ = objective(model, final.params, X, sample_weight, chunk_size)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxem import implicit
 from jaxem.constraints import from_unconstrained, to_unconstrained
 from jaxem.core import Method, Status, all_finite, count_decreases, em_update, max_relative_change, objective
 from jaxem.core import FitResult
@@ -420,3 +421,31 @@ def run_quasi_newton(
         n_evals=last.n_evals + 1,
         method=jnp.where(finished_by_lbfgs, Method.QUASI_NEWTON, Method.EM).astype(jnp.int32),
     )
+
+
+def through_fixed_point(runner, *, adjoint: str, max_iter: int, chunk_size: int | None = None):
+    """Give an accelerated runner implicit reverse-mode gradients.
+
+    SQUAREM and quasi-Newton end at a fixed point of the plain EM map T, the same one
+    `run_em` differentiates, so their gradients come from θ* = T(θ*) by jaxem.implicit.
+    The M-step state at θ* is taken fresh (`init_m_state`): exact for closed-form and
+    reset-optimizer M-steps. The returned runner recomputes log_likelihood outside the
+    solve so that it is differentiable.
+    """
+
+    def run(model, init_params, X, sample_weight, *, tol, **options):
+        def solve(init, model, X, sample_weight, tol):
+            result = runner(
+                model, init, X, sample_weight, tol=tol, max_iter=max_iter, chunk_size=chunk_size, **options
+            )
+            return result.params, result._replace(params=None)
+
+        def em_map(params, aux, model, X, sample_weight, tol):
+            return em_update(model, params, model.init_m_state(params), X, sample_weight, chunk_size)[1]
+
+        solve = implicit.custom_fixed_point(em_map, solver=adjoint, max_iter=max_iter)(solve)
+        params, result = solve(init_params, model, X, sample_weight, tol)
+        log_likelihood, _ = objective(model, params, X, sample_weight, chunk_size)
+        return result._replace(params=params, log_likelihood=log_likelihood)
+
+    return run

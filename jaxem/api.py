@@ -10,7 +10,8 @@ import jax.numpy as jnp
 
 from jaxem import validation
 from jaxem.accel import ACCELERATIONS
-from jaxem.core import CRITERIA, FitResult
+from jaxem.core import CRITERIA, DIFF_MODES, FitResult
+from jaxem.implicit import ADJOINT_SOLVERS
 from jaxem.init import INIT_METHODS
 from jaxem.restarts import run_restarts, select_best
 
@@ -28,6 +29,8 @@ def fit(
     sample_weight: Any = None,
     chunk_size: int | None = None,
     accelerate: str | None = None,
+    diff: str | None = "implicit",
+    adjoint: str = "bicgstab",
 ) -> FitResult:
     """Fit `model` to X by EM with `n_restarts` vmapped random restarts.
 
@@ -46,6 +49,17 @@ def fit(
       accelerate: None (plain EM), "squarem" (SQUAREM extrapolation of the EM map) or
         "quasi_newton" (EM, then L-BFGS once EM stalls); see jaxem.accel. Both keep the
         objective monotone; FitResult.n_evals counts the E-steps used.
+      diff: how reverse-mode gradients (jax.grad of anything computed from the result, with
+        respect to X, sample_weight and the model's continuous leaves such as reg_covar)
+        pass through the fit. "implicit": through the converged fixed point (jaxem.implicit;
+        starting params get no gradient, backward cost independent of the iteration
+        count; works with every `accelerate`). "unroll": through every iteration of a
+        bounded scan (plain EM only; memory grows with max_iter). None: no reverse mode.
+        The fitted values are the same in all three. With restarts, the gradient flows
+        through the selected run.
+      adjoint: solver of the implicit adjoint system: "bicgstab" (default), "gmres", or
+        "fixed_point" (iterates u <- v + J^T u, converging at EM's own rate, so it is slow
+        where EM is slow; see benchmarks/bench_implicit.py).
     Returns:
       FitResult of the best restart, with every run in `.restarts`.
     Raises:
@@ -56,6 +70,13 @@ def fit(
     tol = validation.check_non_negative(tol, "tol")
     criterion = validation.check_choice(criterion, "criterion", CRITERIA)
     accelerate = validation.check_choice(accelerate, "accelerate", ACCELERATIONS)
+    diff = validation.check_choice(diff, "diff", DIFF_MODES)
+    adjoint = validation.check_choice(adjoint, "adjoint", ADJOINT_SOLVERS)
+    if accelerate is not None and diff == "unroll":
+        raise ValueError(
+            'diff="unroll" differentiates plain EM iterations; with accelerate use '
+            'diff="implicit" (the same fixed point) or None.'
+        )
     if chunk_size is not None:
         chunk_size = validation.check_positive_int(chunk_size, "chunk_size")
     X = validation.as_data(X)
@@ -70,12 +91,18 @@ def fit(
     return _fit(
         model, X, sample_weight, key, start, tol,
         n_restarts=n_restarts, max_iter=max_iter, criterion=criterion,
-        init_method=init_method, chunk_size=chunk_size, accelerate=accelerate,
+        init_method=init_method, chunk_size=chunk_size, accelerate=accelerate, diff=diff, adjoint=adjoint,
     )
 
 
-@partial(jax.jit, static_argnames=("n_restarts", "max_iter", "criterion", "init_method", "chunk_size", "accelerate"))
-def _fit(model, X, sample_weight, key, start, tol, *, n_restarts, max_iter, criterion, init_method, chunk_size, accelerate):
+@partial(
+    jax.jit,
+    static_argnames=("n_restarts", "max_iter", "criterion", "init_method", "chunk_size", "accelerate", "diff", "adjoint"),
+)
+def _fit(
+    model, X, sample_weight, key, start, tol, *,
+    n_restarts, max_iter, criterion, init_method, chunk_size, accelerate, diff, adjoint,
+):
     if start is None:
         keys = jax.random.split(key, n_restarts)
         init_params = jax.vmap(lambda k: model.init_params(k, X, sample_weight, init_method))(keys)
@@ -83,6 +110,7 @@ def _fit(model, X, sample_weight, key, start, tol, *, n_restarts, max_iter, crit
         init_params = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (n_restarts,) + leaf.shape), start)
     restarts = run_restarts(
         model, init_params, X, sample_weight,
-        max_iter=max_iter, tol=tol, criterion=criterion, chunk_size=chunk_size, accelerate=accelerate,
+        max_iter=max_iter, tol=tol, criterion=criterion, chunk_size=chunk_size,
+        accelerate=accelerate, diff=diff, adjoint=adjoint,
     )
     return select_best(restarts)

@@ -17,9 +17,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxem import parallel
+from jaxem import implicit, parallel
 
 CRITERIA = ("loglik", "params")
+DIFF_MODES = ("implicit", "unroll", None)
 
 
 class Status(enum.IntEnum):
@@ -146,32 +147,8 @@ def count_decreases(trace: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(jnp.isnan(trace[1:]), False, drops))
 
 
-def run_em(
-    model: Any,
-    init_params: Any,
-    X: jax.Array,
-    sample_weight: jax.Array,
-    *,
-    max_iter: int,
-    tol: Any,
-    criterion: str = "loglik",
-    chunk_size: int | None = None,
-) -> FitResult:
-    """EM from `init_params` until the stopping rule holds, max_iter, or a non-finite value.
-
-    Each iteration is one E-step and one M-step; `max_iter=n, tol=0` performs exactly n of
-    them. criterion "loglik" stops when the objective changes by less than tol between
-    iterations; "params" when `max_relative_change` of the params is below tol. A NaN or
-    inf objective or params end the run with Status.NON_FINITE, keeping the last finite params.
-
-    Args:
-      X: (n_samples, ...) data; sample_weight: (n_samples,).
-      max_iter, criterion, chunk_size: static; tol: scalar (may be traced).
-    Returns:
-      FitResult with best_restart and restarts None.
-    """
-    dtype = X.dtype
-    tol = jnp.asarray(tol, dtype)
+def _em_iteration(model, X, sample_weight, tol, *, max_iter, criterion, chunk_size):
+    """The loop body: one E+M step from an EMState, with the stopping rule applied."""
 
     def body(state: EMState) -> EMState:
         value, new_params, new_m_state = em_update(
@@ -198,15 +175,85 @@ def run_em(
             trace=state.trace.at[state.n_iter].set(value),
         )
 
-    start = EMState(
-        params=init_params,
-        m_state=model.init_m_state(init_params),
-        objective=jnp.asarray(-jnp.inf, dtype),
-        n_iter=jnp.zeros((), jnp.int32),
-        status=jnp.asarray(Status.RUNNING, jnp.int32),
-        trace=jnp.full((max_iter,), jnp.nan, dtype),
-    )
-    final = jax.lax.while_loop(lambda s: s.status == Status.RUNNING, body, start)
+    return body
+
+
+def _loop(body, start: EMState, max_iter: int, *, unroll: bool) -> EMState:
+    """Apply `body` while the status is RUNNING.
+
+    unroll=False: a lax.while_loop (not reverse-differentiable). unroll=True: a lax.scan of
+    exactly max_iter steps in which a stopped state is carried unchanged, so reverse mode
+    can differentiate it; the values are those of the while_loop.
+    """
+    if not unroll:
+        return jax.lax.while_loop(lambda s: s.status == Status.RUNNING, body, start)
+
+    def step(state, _):
+        running = state.status == Status.RUNNING
+        advanced = body(state)
+        return jax.tree.map(lambda a, b: jnp.where(running, a, b), advanced, state), None
+
+    final, _ = jax.lax.scan(step, start, None, length=max_iter)
+    return final
+
+
+def run_em(
+    model: Any,
+    init_params: Any,
+    X: jax.Array,
+    sample_weight: jax.Array,
+    *,
+    max_iter: int,
+    tol: Any,
+    criterion: str = "loglik",
+    chunk_size: int | None = None,
+    diff: str | None = "implicit",
+    adjoint: str = "bicgstab",
+) -> FitResult:
+    """EM from `init_params` until the stopping rule holds, max_iter, or a non-finite value.
+
+    Each iteration is one E-step and one M-step; `max_iter=n, tol=0` performs exactly n of
+    them. criterion "loglik" stops when the objective changes by less than tol between
+    iterations; "params" when `max_relative_change` of the params is below tol. A NaN or
+    inf objective or params end the run with Status.NON_FINITE, keeping the last finite params.
+
+    Reverse-mode gradients (with respect to X, sample_weight and the model's leaves):
+    diff="implicit" differentiates the fixed point params = T(params) with jaxem.implicit,
+    solving the adjoint with `adjoint` ("fixed_point", "gmres" or "bicgstab"), and gives
+    init_params a zero gradient; diff="unroll" runs a bounded scan of max_iter iterations
+    (params frozen once stopped) that reverse mode differentiates step by step; None runs
+    the plain while_loop (forward mode only). All three compute the same values.
+
+    Args:
+      X: (n_samples, ...) data; sample_weight: (n_samples,).
+      max_iter, criterion, chunk_size, diff, adjoint: static; tol: scalar (may be traced).
+    Returns:
+      FitResult with best_restart and restarts None.
+    """
+    dtype = X.dtype
+    tol = jnp.asarray(tol, dtype)
+
+    def solve(init_params, model, X, sample_weight, tol):
+        body = _em_iteration(model, X, sample_weight, tol, max_iter=max_iter, criterion=criterion, chunk_size=chunk_size)
+        start = EMState(
+            params=init_params,
+            m_state=model.init_m_state(init_params),
+            objective=jnp.asarray(-jnp.inf, dtype),
+            n_iter=jnp.zeros((), jnp.int32),
+            status=jnp.asarray(Status.RUNNING, jnp.int32),
+            trace=jnp.full((max_iter,), jnp.nan, dtype),
+        )
+        final = _loop(body, start, max_iter, unroll=diff == "unroll")
+        return final.params, final._replace(params=None)
+
+    if diff == "implicit":
+
+        def fixed_point_map(params, final, model, X, sample_weight, tol):
+            return em_update(model, params, final.m_state, X, sample_weight, chunk_size)[1]
+
+        solve = implicit.custom_fixed_point(fixed_point_map, solver=adjoint, max_iter=max_iter)(solve)
+    params, final = solve(init_params, model, X, sample_weight, tol)
+    final = final._replace(params=params)
     final_value, _ = objective(model, final.params, X, sample_weight, chunk_size)
     status = jnp.where(jnp.isfinite(final_value), final.status, Status.NON_FINITE).astype(jnp.int32)
     return FitResult(

@@ -6,6 +6,7 @@ are returned; the best is the one with the highest final objective among finite 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
@@ -16,15 +17,29 @@ from jaxem.core import FitResult, Status, run_em
 
 
 def run_restarts(
-    model: Any, init_params: Any, X: jax.Array, sample_weight: jax.Array, accelerate: str | None = None, **options
+    model: Any,
+    init_params: Any,
+    X: jax.Array,
+    sample_weight: jax.Array,
+    accelerate: str | None = None,
+    diff: str | None = "implicit",
+    adjoint: str = "bicgstab",
+    **options,
 ) -> FitResult:
     """The single-start runner for `accelerate` vmapped over the leading (n_restarts) axis
     of init_params: run_em (None), accel.run_squarem ("squarem") or
-    accel.run_quasi_newton ("quasi_newton").
+    accel.run_quasi_newton ("quasi_newton"), differentiable as `diff` says.
 
     Returns a FitResult whose fields all have a leading n_restarts axis.
     """
-    runner = {None: run_em, "squarem": accel.run_squarem, "quasi_newton": accel.run_quasi_newton}[accelerate]
+    if accelerate is None:
+        runner = partial(run_em, diff=diff, adjoint=adjoint)
+    else:
+        runner = {"squarem": accel.run_squarem, "quasi_newton": accel.run_quasi_newton}[accelerate]
+        if diff == "implicit":
+            runner = accel.through_fixed_point(
+                runner, adjoint=adjoint, max_iter=options.pop("max_iter"), chunk_size=options.pop("chunk_size", None)
+            )
     return jax.vmap(lambda params: runner(model, params, X, sample_weight, **options))(init_params)
 
 

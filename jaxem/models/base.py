@@ -14,6 +14,8 @@ A mixture subclass supplies:
   param_constraints()            -> pytree of constraint names (jaxem.constraints)
   n_parameters(n_features)       -> free parameter count, for BIC/AIC
   sample(key, params, n)         -> (X, labels)
+and may supply precompute(X): data in the form its e_step consumes fastest, computed once
+per fit outside the EM loop (the default is X itself).
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ class MixtureModel:
     n_components: int
 
     # --- the protocol used by jaxem.core --------------------------------------------------
+    def precompute(self, X: jax.Array) -> Any:
+        """Fixed per-fit form of a block of rows X that `e_step` accepts in place of X."""
+        return X
+
     def log_joint(self, params: Any, X: jax.Array) -> jax.Array:
         """log p(x, z=k | params): (n_samples, n_components)."""
         return self.component_log_prob(params, X) + self.log_weights(params)[None, :]

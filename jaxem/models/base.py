@@ -53,8 +53,14 @@ class MixtureModel:
           (stats, log_lik) with log_lik = sum_n w_n log p(x_n | params), a scalar.
         """
         log_joint = self.log_joint(params, X)
-        log_norm = logsumexp(log_joint, axis=1)
-        resp = jnp.exp(log_joint - log_norm[:, None]) * sample_weight[:, None]
+        # logsumexp and the responsibilities share one exp per entry (the E-step's costliest
+        # elementwise op): resp = exp(l - peak) / sum_k exp(l - peak).
+        peak = jnp.max(log_joint, axis=1, keepdims=True)
+        peak = jax.lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0.0))
+        unnormalised = jnp.exp(log_joint - peak)
+        total = jnp.sum(unnormalised, axis=1, keepdims=True)
+        resp = unnormalised * (sample_weight[:, None] / total)
+        log_norm = (peak + jnp.log(total))[:, 0]
         # A zero-weight point contributes nothing, even if its density underflows to 0.
         log_lik = jnp.sum(jnp.where(sample_weight > 0, sample_weight * log_norm, 0.0))
         return self.statistics(params, X, resp), log_lik

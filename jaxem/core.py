@@ -102,19 +102,26 @@ class EMState(NamedTuple):
     trace: jax.Array
 
 
-def objective(model, params, X, sample_weight, chunk_size=None):
-    """Mean per-sample log-likelihood plus log_prior / sum(w), and the statistics at params."""
-    stats, log_lik = parallel.e_step(model, params, X, sample_weight, chunk_size)
+def objective(model, params, X, sample_weight, chunk_size=None, prepared=None):
+    """Mean per-sample log-likelihood plus log_prior / sum(w), and the statistics at params.
+
+    prepared: `parallel.prepare(model, X, sample_weight, chunk_size)`, which `run_em`
+    computes once per fit; computed here when None.
+    """
+    if prepared is None:
+        prepared = parallel.prepare(model, X, sample_weight, chunk_size)
+    stats, log_lik = parallel.e_step_prepared(model, params, *prepared)
     total = (log_lik + model.log_prior(params)) / jnp.sum(sample_weight)
     return total, stats
 
 
-def em_update(model, params, m_state, X, sample_weight, chunk_size=None):
+def em_update(model, params, m_state, X, sample_weight, chunk_size=None, prepared=None):
     """One E+M step, the fixed-point map T(params) = M(E(params)).
 
+    prepared: as in `objective`.
     Returns (objective at `params`, new params, new M-step state).
     """
-    value, stats = objective(model, params, X, sample_weight, chunk_size)
+    value, stats = objective(model, params, X, sample_weight, chunk_size, prepared)
     new_params, new_m_state = model.maximize(stats, params, m_state, X, sample_weight)
     return value, new_params, new_m_state
 
@@ -149,10 +156,12 @@ def count_decreases(trace: jax.Array) -> jax.Array:
 
 def _em_iteration(model, X, sample_weight, tol, *, max_iter, criterion, chunk_size):
     """The loop body: one E+M step from an EMState, with the stopping rule applied."""
+    # Fixed features of the data (model.precompute), built once, outside the loop.
+    prepared = parallel.prepare(model, X, sample_weight, chunk_size)
 
     def body(state: EMState) -> EMState:
         value, new_params, new_m_state = em_update(
-            model, state.params, state.m_state, X, sample_weight, chunk_size
+            model, state.params, state.m_state, X, sample_weight, chunk_size, prepared
         )
         finite = jnp.isfinite(value) & all_finite(new_params)
         if criterion == "loglik":

@@ -2,8 +2,9 @@
 
 Statistics are additive over data points, so the E-step over the whole data set is the
 tree-sum of E-steps over chunks. Scanning over chunks bounds the memory of intermediates
-(for a Gaussian mixture the (chunk, K, D) differences) at no change in the result beyond
-summation order.
+(for a Gaussian mixture the (chunk, K) log densities) at no change in the result beyond
+summation order. A model's `precompute` (fixed features of the data) runs once per fit,
+chunk by chunk, in `prepare`; the EM loop then calls `e_step_prepared` every iteration.
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ def split_chunks(array: jax.Array, chunk_size: int, pad_value: str) -> jax.Array
     return padded.reshape((n_chunks, chunk_size) + array.shape[1:])
 
 
-def e_step(
-    model: Any, params: Any, X: jax.Array, sample_weight: jax.Array, chunk_size: int | None = None
+def prepare(
+    model: Any, X: jax.Array, sample_weight: jax.Array, chunk_size: int | None = None
 ) -> tuple[Any, jax.Array]:
-    """model.e_step over all of X, in chunks of chunk_size rows when given.
+    """`model.precompute` of X, per chunk of chunk_size rows when given; once per fit.
 
-    Padded rows carry weight zero, so they add nothing to the statistics.
-    Returns (stats, summed log-likelihood), as model.e_step.
+    Returns (data, weights): unchunked, data = model.precompute(X) and weights (n_samples,);
+    chunked, every leaf gets a leading n_chunks axis and weights are (n_chunks, chunk_size).
     Raises:
       ValueError: chunk_size given for a model whose statistics are not additive.
     """
@@ -47,16 +48,36 @@ def e_step(
             "per-sample responsibilities, which chunks cannot sum. Fit without chunk_size."
         )
     if chunk_size is None or chunk_size >= X.shape[0]:
-        return model.e_step(params, X, sample_weight)
+        return model.precompute(X), sample_weight
     chunks = split_chunks(X, chunk_size, "edge")
-    weights = split_chunks(sample_weight, chunk_size, "zero")
+    return jax.vmap(model.precompute)(chunks), split_chunks(sample_weight, chunk_size, "zero")
+
+
+def e_step_prepared(model: Any, params: Any, data: Any, weights: jax.Array) -> tuple[Any, jax.Array]:
+    """model.e_step over data and weights from `prepare`, scanning over chunks if chunked.
+
+    Padded rows carry weight zero, so they add nothing to the statistics.
+    Returns (stats, summed log-likelihood), as model.e_step.
+    """
+    if weights.ndim == 1:
+        return model.e_step(params, data, weights)
+    first = jax.tree.map(lambda leaf: leaf[0], (data, weights))
     zero = jax.tree.map(
-        lambda s: jnp.zeros(s.shape, s.dtype),
-        jax.eval_shape(model.e_step, params, chunks[0], weights[0]),
+        lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(model.e_step, params, *first)
     )
 
     def add_chunk(total, chunk):
         return tree_add(total, model.e_step(params, *chunk)), None
 
-    total, _ = jax.lax.scan(add_chunk, zero, (chunks, weights))
+    total, _ = jax.lax.scan(add_chunk, zero, (data, weights))
     return total
+
+
+def e_step(
+    model: Any, params: Any, X: jax.Array, sample_weight: jax.Array, chunk_size: int | None = None
+) -> tuple[Any, jax.Array]:
+    """model.e_step over all of X, in chunks of chunk_size rows when given.
+
+    Returns (stats, summed log-likelihood), as model.e_step.
+    """
+    return e_step_prepared(model, params, *prepare(model, X, sample_weight, chunk_size))

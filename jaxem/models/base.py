@@ -14,6 +14,8 @@ A mixture subclass supplies:
   param_constraints(params)      -> pytree of constraint names (jaxem.constraints)
   n_parameters(n_features)       -> free parameter count, for BIC/AIC
   sample(key, params, n)         -> (X, labels)
+and may supply precompute(X): data in the form its e_step consumes fastest, computed once
+per fit outside the EM loop (the default is X itself).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ class MixtureModel:
     additive_statistics = True
 
     # --- the protocol used by jaxem.core --------------------------------------------------
+    def precompute(self, X: jax.Array) -> Any:
+        """Fixed per-fit form of a block of rows X that `e_step` accepts in place of X."""
+        return X
+
     def log_joint(self, params: Any, X: jax.Array) -> jax.Array:
         """log p(x, z=k | params): (n_samples, n_components)."""
         return self.component_log_prob(params, X) + self.log_weights(params)[None, :]
@@ -49,8 +55,14 @@ class MixtureModel:
           (stats, log_lik) with log_lik = sum_n w_n log p(x_n | params), a scalar.
         """
         log_joint = self.log_joint(params, X)
-        log_norm = logsumexp(log_joint, axis=1)
-        resp = jnp.exp(log_joint - log_norm[:, None]) * sample_weight[:, None]
+        # logsumexp and the responsibilities share one exp per entry (the E-step's costliest
+        # elementwise op): resp = exp(l - peak) / sum_k exp(l - peak).
+        peak = jnp.max(log_joint, axis=1, keepdims=True)
+        peak = jax.lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0.0))
+        unnormalised = jnp.exp(log_joint - peak)
+        total = jnp.sum(unnormalised, axis=1, keepdims=True)
+        resp = unnormalised * (sample_weight[:, None] / total)
+        log_norm = (peak + jnp.log(total))[:, 0]
         # A zero-weight point contributes nothing, even if its density underflows to 0.
         log_lik = jnp.sum(jnp.where(sample_weight > 0, sample_weight * log_norm, 0.0))
         return self.statistics(params, X, resp), log_lik

@@ -1,8 +1,16 @@
 """Gaussian mixture: params, E-step statistics, closed-form M-step, sampling.
 
 Numerics, matching scikit-learn's GaussianMixture update for update:
-  * log densities use the precision Cholesky factor U (precision = U U^T), so that
-    (x - mu)^T Sigma^{-1} (x - mu) = ||(x - mu) U||^2;
+  * log densities for prediction use the precision Cholesky factor U (precision P = U U^T),
+    so that (x - mu)^T P (x - mu) = ||(x - mu) U||^2;
+  * the E-step of a fit runs as two GEMMs against fixed features of the data (`precompute`):
+    phi(x) = [upper triangle of y y^T (diag and spherical: y^2), y, 1] with y = x - shift,
+    the shift being the data mean. The expanded quadratic form
+    y^T P y - 2 m^T P y + m^T P m (m = mu - shift) makes log p(x, z=k) = phi(x) . w_k, so
+    log_joint = phi @ W with W: (n_features_phi, K), and the raw moments of y weighted by
+    the responsibilities are resp^T @ phi. Restarts vmapped over params batch into the same
+    GEMMs. Centring the features on the data mean keeps the expansion's cancellation at
+    the scale of the data's spread, not its distance from the origin (float32);
   * second moments are centred on the previous means c_k: the statistics are
     n_k = sum r, s_k = sum r (x - c_k), S_k = sum r (x - c_k)(x - c_k)^T, which stay additive
     over data points, and the M-step forms Sigma_k = S_k / n_k - d d^T with d = s_k / n_k,
@@ -42,6 +50,18 @@ class GaussianMixtureParams(NamedTuple):
     weights: jax.Array
     means: jax.Array
     covariances: jax.Array
+
+
+class GaussianFeatures(NamedTuple):
+    """Fixed per-fit features of the data, which the E-step multiplies (see module docstring).
+
+    features: (n_samples, n_phi) rows [quadratic terms of y, y, 1] with y = x - shift;
+      n_phi = D (D + 1) / 2 + D + 1 for full and tied covariances, 2 D + 1 otherwise.
+    shift: (D,) the data mean the features are centred on.
+    """
+
+    features: jax.Array
+    shift: jax.Array
 
 
 class GaussianMixtureStats(NamedTuple):
@@ -92,7 +112,7 @@ class GaussianMixture(MixtureModel):
         return jax.lax.rsqrt(cov)
 
     def component_log_prob(self, params: GaussianMixtureParams, X: jax.Array) -> jax.Array:
-        """log N(x | mu_k, Sigma_k): (n_samples, n_components)."""
+        """log N(x | mu_k, Sigma_k): (n_samples, n_components), from differences (exact)."""
         n_features = X.shape[1]
         prec_chol = self.precisions_cholesky(params)
         diff = X[:, None, :] - params.means[None, :, :]
@@ -112,29 +132,102 @@ class GaussianMixture(MixtureModel):
             log_det = n_features * jnp.log(prec_chol)
         return -0.5 * (n_features * math.log(2 * math.pi) + maha) + log_det
 
+    # --- the E-step as GEMMs against fixed features ------------------------------------------
+    def precompute(self, X: jax.Array) -> GaussianFeatures:
+        """Features phi(x) of X: (n_samples, D), centred on the mean of X (module docstring)."""
+        shift = jnp.mean(X, axis=0)
+        centred = X - shift
+        if self.covariance_type in ("full", "tied"):
+            rows, cols = np.triu_indices(X.shape[1])
+            quadratic = centred[:, rows] * centred[:, cols]
+        else:
+            quadratic = centred * centred
+        ones = jnp.ones((X.shape[0], 1), X.dtype)
+        return GaussianFeatures(jnp.concatenate([quadratic, centred, ones], axis=1), shift)
+
+    def _as_features(self, X: jax.Array | GaussianFeatures) -> GaussianFeatures:
+        return X if isinstance(X, GaussianFeatures) else self.precompute(X)
+
+    def e_step(
+        self, params: GaussianMixtureParams, X: jax.Array | GaussianFeatures, sample_weight: jax.Array
+    ) -> tuple[GaussianMixtureStats, jax.Array]:
+        """The base class E-step on `precompute(X)` features (X may already be features)."""
+        return super().e_step(params, self._as_features(X), sample_weight)
+
+    def log_joint(self, params: GaussianMixtureParams, X: jax.Array | GaussianFeatures) -> jax.Array:
+        """log p(x, z=k): (n_samples, K); one GEMM when X is `precompute` features."""
+        if isinstance(X, GaussianFeatures):
+            return X.features @ self._log_joint_coefficients(params, X.shift)
+        return super().log_joint(params, X)
+
+    def _log_joint_coefficients(self, params: GaussianMixtureParams, shift: jax.Array) -> jax.Array:
+        """W: (n_phi, K) with phi(x) @ W = log p(x, z=k), in the frame centred on shift."""
+        means = params.means - shift
+        n_components, n_features = means.shape
+        prec_chol = self.precisions_cholesky(params)
+        if self.covariance_type in ("full", "tied"):
+            prec_chol = jnp.broadcast_to(prec_chol, (n_components, n_features, n_features))
+            whitened_means = jnp.einsum("kd,kde->ke", means, prec_chol)
+            precisions = prec_chol @ jnp.swapaxes(prec_chol, -1, -2)
+            rows, cols = np.triu_indices(n_features)
+            # Off-diagonal products appear once in phi but twice in y^T P y.
+            halves = np.where(rows == cols, 0.5, 1.0).astype(means.dtype)
+            quadratic = -halves * precisions[:, rows, cols]
+            linear = jnp.einsum("kde,ke->kd", prec_chol, whitened_means)
+            log_det = jnp.sum(jnp.log(jnp.diagonal(prec_chol, axis1=-2, axis2=-1)), axis=-1)
+        else:
+            if self.covariance_type == "spherical":
+                prec_chol = prec_chol[:, None]
+            prec_chol = jnp.broadcast_to(prec_chol, (n_components, n_features))
+            whitened_means = means * prec_chol
+            quadratic = -0.5 * prec_chol**2
+            linear = prec_chol * whitened_means
+            log_det = jnp.sum(jnp.log(prec_chol), axis=-1)
+        constant = (
+            self.log_weights(params)
+            + log_det
+            - 0.5 * (n_features * math.log(2 * math.pi) + jnp.sum(whitened_means**2, axis=-1))
+        )
+        return jnp.concatenate([quadratic, linear, constant[:, None]], axis=1).T
+
     # --- statistics and M-step ----------------------------------------------------------------
     def statistics(
-        self, params: GaussianMixtureParams, X: jax.Array, resp: jax.Array
+        self, params: GaussianMixtureParams, X: jax.Array | GaussianFeatures, resp: jax.Array
     ) -> GaussianMixtureStats:
-        """Additive statistics from weighted responsibilities resp: (n_samples, K)."""
-        return self._centred_statistics(X, resp, params.means)
+        """Additive statistics from weighted responsibilities resp: (n_samples, K).
 
-    def _centred_statistics(
-        self, X: jax.Array, resp: jax.Array, centres: jax.Array
-    ) -> GaussianMixtureStats:
-        diff = X[:, None, :] - centres[None, :, :]
-        weighted = resp[:, :, None] * diff
-        counts = jnp.sum(resp, axis=0)
-        sums = jnp.sum(weighted, axis=0)
-        if self.covariance_type == "full":
-            squares = jnp.einsum("nkd,nke->kde", weighted, diff)
-        elif self.covariance_type == "tied":
-            squares = jnp.einsum("nkd,nke->de", weighted, diff)
-        elif self.covariance_type == "diag":
-            squares = jnp.sum(weighted * diff, axis=0)
+        One GEMM resp^T @ phi gives the moments of y = x - shift; they are re-centred on
+        params.means exactly (a linear map, so the statistics stay additive).
+        """
+        features = self._as_features(X)
+        moments = resp.T @ features.features
+        return self._centre_moments(moments, params.means - features.shift)
+
+    def _centre_moments(self, moments: jax.Array, centres: jax.Array) -> GaussianMixtureStats:
+        """Statistics about centres c: (K, D) from moments (K, n_phi) of y in phi's layout."""
+        n_features = centres.shape[1]
+        counts = moments[:, -1]
+        centred_sums = moments[:, -n_features - 1 : -1] - counts[:, None] * centres
+        quadratic = moments[:, : -n_features - 1]
+        if self.covariance_type in ("full", "tied"):
+            rows, cols = np.triu_indices(n_features)
+            second = jnp.zeros(centres.shape + (n_features,), moments.dtype)
+            second = second.at[:, rows, cols].set(quadratic).at[:, cols, rows].set(quadratic)
+            # sum r (y - c)(y - c)^T = sum r y y^T - s c^T - c s^T - n c c^T, s = sum r (y - c).
+            cross = centred_sums[:, :, None] * centres[:, None, :]
+            squares = (
+                second
+                - cross
+                - jnp.swapaxes(cross, -1, -2)
+                - counts[:, None, None] * centres[:, :, None] * centres[:, None, :]
+            )
+            if self.covariance_type == "tied":
+                squares = jnp.sum(squares, axis=0)
         else:
-            squares = jnp.sum(weighted * diff, axis=(0, 2))
-        return GaussianMixtureStats(counts, sums, squares)
+            squares = quadratic - 2 * centres * centred_sums - counts[:, None] * centres**2
+            if self.covariance_type == "spherical":
+                squares = jnp.sum(squares, axis=1)
+        return GaussianMixtureStats(counts, centred_sums, squares)
 
     def m_step(
         self, stats: GaussianMixtureStats, params: GaussianMixtureParams
@@ -165,10 +258,10 @@ class GaussianMixture(MixtureModel):
     # --- initialisation -----------------------------------------------------------------------
     def params_from_resp(self, X: jax.Array, resp: jax.Array) -> GaussianMixtureParams:
         """One M-step from weighted responsibilities (n_samples, K), centred on the data mean."""
-        centre = jnp.sum(jnp.sum(resp, axis=1)[:, None] * X, axis=0) / jnp.sum(resp)
-        centres = jnp.broadcast_to(centre, (self.n_components, X.shape[1]))
+        features = self.precompute(X)
+        centres = jnp.broadcast_to(features.shift, (self.n_components, X.shape[1]))
         reference = GaussianMixtureParams(None, centres, None)
-        return self.m_step(self._centred_statistics(X, resp, centres), reference)
+        return self.m_step(self.statistics(reference, features, resp), reference)
 
     def params_from_dict(self, values: dict, n_features: int, dtype: Any) -> GaussianMixtureParams:
         """Validated params from a dict with keys weights, means, covariances (sklearn shapes)."""

@@ -166,3 +166,13 @@ def test_every_init_reaches_the_well_separated_optimum(init):
     res = jaxem.fit(jaxem.GaussianMixture(3), X, key=jax.random.key(1), n_restarts=4, init=init, tol=1e-8, max_iter=300)
     sk = SkGaussianMixture(3, n_init=4, tol=1e-8, max_iter=300, random_state=0).fit(X)
     np.testing.assert_allclose(res.log_likelihood, sk.score(X), rtol=1e-6)
+
+
+def test_auto_chunk_size_chunks_large_data_of_additive_models_only():
+    from jaxem.api import AUTO_CHUNK_SIZE, auto_chunk_size
+
+    gmm = jaxem.GaussianMixture(2)
+    assert auto_chunk_size(gmm, 100) is None
+    assert auto_chunk_size(gmm, 3 * AUTO_CHUNK_SIZE) == AUTO_CHUNK_SIZE
+    latent = jaxem.LatentModel(lambda p, x: p["w"], lambda key, X: {"w": jnp.zeros(2)})
+    assert auto_chunk_size(latent, 3 * AUTO_CHUNK_SIZE) is None

@@ -1,6 +1,6 @@
 """Plain EM vs SQUAREM vs quasi-Newton: E-step evaluations and wall time, one run.
 
-Problems: the London deaths two-Poisson mixture (Varadhan & Roland's start), two poorly
+Problems: the London deaths two-Poisson mixture (Varadhan & Roland's start), four poorly
 separated Gaussian mixtures, and Old Faithful (3 full-covariance components). Wall time is
 the median of REPEATS runs of the compiled program (compile time reported separately).
 Writes benchmarks/results/accel.json.  Run: python benchmarks/bench_accel.py
@@ -35,6 +35,15 @@ def overlapping_gaussians(seed, n, d, shift):
     return jnp.asarray(X)
 
 
+def three_overlapping_gaussians(seed, n, shift):
+    """n points in 3D, thirds shifted by +shift (1, 1, 1), -shift (1, -1, 0) and 0."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    X[: n // 3] += shift
+    X[n // 3 : 2 * n // 3] -= shift * np.array([1.0, -1.0, 0.0])
+    return jnp.asarray(X)
+
+
 def gmm_problem(name, X, model, seed):
     start = model.init_params(jax.random.key(seed), X, jnp.ones(len(X)), "random_from_data")
     return name, model, start, X, jnp.ones(len(X))
@@ -48,6 +57,10 @@ def problems():
                       jaxem.GaussianMixture(2, reg_covar=0.0), 3)
     yield gmm_problem("GMM 5D diag, shift 0.8 (n=2000)", overlapping_gaussians(1, 2000, 5, 0.8),
                       jaxem.GaussianMixture(2, covariance_type="diag", reg_covar=0.0), 0)
+    yield gmm_problem("GMM 3D full, 3 comp, shift 1.2 (n=1500)", three_overlapping_gaussians(5, 1500, 1.2),
+                      jaxem.GaussianMixture(3, reg_covar=0.0), 2)
+    yield gmm_problem("GMM 1D, shift 1.5 (n=1000)", overlapping_gaussians(7, 1000, 1, 1.5),
+                      jaxem.GaussianMixture(2, reg_covar=0.0), 4)
     yield gmm_problem("Old Faithful, 3 full", faithful, jaxem.GaussianMixture(3, reg_covar=1e-6), 1)
 
 
@@ -98,7 +111,7 @@ def main():
             if name.startswith("London"):
                 row["neg_loglik_minus_published"] = -loglik * float(jnp.sum(w)) - LONDON_OPTIMUM_NEG_LOGLIK
             rows.append(row)
-            print(f"{name:34s} {method:13s} evals {row['n_evals']:6d} (reach {row['evals_to_reach_em_optimum']})  {seconds*1e3:9.2f} ms  "
+            print(f"{name:40s} {method:13s} evals {row['n_evals']:6d} (reach {row['evals_to_reach_em_optimum']})  {seconds*1e3:9.2f} ms  "
                   f"loglik/n {loglik:.12f}  {row['status']}, by {row['finished_by']}", flush=True)
     out = Path(__file__).parent / "results" / "accel.json"
     out.parent.mkdir(exist_ok=True)

@@ -76,6 +76,16 @@ class GaussianMixtureStats(NamedTuple):
     centred_squares: jax.Array
 
 
+def _triangle_factors(n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices (a, b) into [y, 1] with phi = [y, 1]_a * [y, 1]_b for full covariances:
+    the upper triangle of y y^T (np.triu_indices order), then y, then 1."""
+    rows, cols = np.triu_indices(n_features)
+    linear = np.arange(n_features)
+    left = np.concatenate([rows, linear, [n_features]])
+    right = np.concatenate([cols, np.full(n_features, n_features), [n_features]])
+    return left, right
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class GaussianMixture(MixtureModel):
@@ -136,23 +146,15 @@ class GaussianMixture(MixtureModel):
     def precompute(self, X: jax.Array) -> GaussianFeatures:
         """Features phi(x) of X: (n_samples, D), centred on the mean of X (module docstring)."""
         shift = jnp.mean(X, axis=0)
-        # Every feature is a product of two columns of [y, 1]: one gather and one multiply,
-        # without concatenating separately built blocks (about 2x faster on CPU).
-        extended = jnp.concatenate([X - shift, jnp.ones((X.shape[0], 1), X.dtype)], axis=1)
-        left, right = self._feature_factors(X.shape[1])
+        centred = X - shift
+        ones = jnp.ones((X.shape[0], 1), X.dtype)
+        if self.covariance_type in ("diag", "spherical"):
+            return GaussianFeatures(jnp.concatenate([centred * centred, centred, ones], axis=1), shift)
+        # Every full-covariance feature is a product of two columns of [y, 1]: one gather and
+        # one multiply, about 1.7x faster on CPU than gathering the triangle and concatenating.
+        extended = jnp.concatenate([centred, ones], axis=1)
+        left, right = _triangle_factors(X.shape[1])
         return GaussianFeatures(extended[:, left] * extended[:, right], shift)
-
-    def _feature_factors(self, n_features: int) -> tuple[np.ndarray, np.ndarray]:
-        """Column indices (a, b) into [y, 1] with phi = [y, 1]_a * [y, 1]_b, in phi's layout."""
-        if self.covariance_type in ("full", "tied"):
-            rows, cols = np.triu_indices(n_features)
-        else:
-            rows = cols = np.arange(n_features)
-        linear = np.arange(n_features)
-        one = np.full(n_features, n_features)
-        left = np.concatenate([rows, linear, [n_features]])
-        right = np.concatenate([cols, one, [n_features]])
-        return left, right
 
     def _as_features(self, X: jax.Array | GaussianFeatures) -> GaussianFeatures:
         return X if isinstance(X, GaussianFeatures) else self.precompute(X)

@@ -20,7 +20,8 @@ def data_and_params(covariance_type):
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-@pytest.mark.parametrize("chunk_size", [50, 64, 203])
+# 7, 5, 3, 4 and 1 chunks: scan steps of 1, 5, 3, 2 chunks (parallel.scan_unroll) and one pass.
+@pytest.mark.parametrize("chunk_size", [29, 50, 70, 64, 203])
 @pytest.mark.parametrize("use_jit", [False, True])
 def test_chunked_e_step_equals_one_pass(covariance_type, chunk_size, use_jit):
     model, params, X, w = data_and_params(covariance_type)

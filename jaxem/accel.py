@@ -28,7 +28,7 @@ import optax
 
 from jaxem import implicit
 from jaxem.constraints import from_unconstrained, to_unconstrained
-from jaxem.core import Method, Status, all_finite, count_decreases, em_update, max_relative_change, objective
+from jaxem.core import Method, Status, all_finite, count_decreases, em_update, is_done, next_status, objective
 from jaxem.core import FitResult
 
 ACCELERATIONS = (None, "squarem", "quasi_newton")
@@ -51,23 +51,6 @@ MAX_LINESEARCH_STEPS = 30
 def tree_where(condition: jax.Array, on_true: Any, on_false: Any) -> Any:
     """Leafwise select between two pytrees of the same structure."""
     return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
-
-
-def next_status(finite: jax.Array, done: jax.Array, n_iter: jax.Array, max_iter: int) -> jax.Array:
-    """Status after an iteration: non-finite beats converged beats max_iter."""
-    status = jnp.where(
-        ~finite,
-        Status.NON_FINITE,
-        jnp.where(done, Status.CONVERGED, jnp.where(n_iter >= max_iter, Status.MAX_ITER, Status.RUNNING)),
-    )
-    return status.astype(jnp.int32)
-
-
-def is_done(criterion: str, new_value, old_value, new_params, old_params, tol) -> jax.Array:
-    """The stopping rule of jaxem.core.run_em between two accepted iterates."""
-    if criterion == "loglik":
-        return jnp.abs(new_value - old_value) < tol
-    return max_relative_change(new_params, old_params) < tol
 
 
 # --- SQUAREM -----------------------------------------------------------------------------------

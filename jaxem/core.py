@@ -154,6 +154,24 @@ def count_decreases(trace: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(jnp.isnan(trace[1:]), False, drops))
 
 
+def next_status(finite: jax.Array, done: jax.Array, n_iter: jax.Array, max_iter: int) -> jax.Array:
+    """Status after an iteration: non-finite beats converged beats max_iter."""
+    status = jnp.where(
+        ~finite,
+        Status.NON_FINITE,
+        jnp.where(done, Status.CONVERGED, jnp.where(n_iter >= max_iter, Status.MAX_ITER, Status.RUNNING)),
+    )
+    return status.astype(jnp.int32)
+
+
+def is_done(criterion: str, new_value, old_value, new_params, old_params, tol) -> jax.Array:
+    """The stopping rule between two accepted iterates: "loglik" compares objectives,
+    "params" the largest relative change of the params."""
+    if criterion == "loglik":
+        return jnp.abs(new_value - old_value) < tol
+    return max_relative_change(new_params, old_params) < tol
+
+
 def _em_iteration(model, X, sample_weight, tol, *, max_iter, criterion, chunk_size):
     """The loop body: one E+M step from an EMState, with the stopping rule applied."""
     # Fixed features of the data (model.precompute), built once, outside the loop.
@@ -164,23 +182,15 @@ def _em_iteration(model, X, sample_weight, tol, *, max_iter, criterion, chunk_si
             model, state.params, state.m_state, X, sample_weight, chunk_size, prepared
         )
         finite = jnp.isfinite(value) & all_finite(new_params)
-        if criterion == "loglik":
-            done = jnp.abs(value - state.objective) < tol
-        else:
-            done = max_relative_change(new_params, state.params) < tol
+        done = is_done(criterion, value, state.objective, new_params, state.params, tol)
         n_iter = state.n_iter + 1
-        status = jnp.where(
-            ~finite,
-            Status.NON_FINITE,
-            jnp.where(done, Status.CONVERGED, jnp.where(n_iter >= max_iter, Status.MAX_ITER, Status.RUNNING)),
-        )
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         return EMState(
             params=keep(new_params, state.params),
             m_state=keep(new_m_state, state.m_state),
             objective=value,
             n_iter=n_iter,
-            status=status.astype(jnp.int32),
+            status=next_status(finite, done, n_iter, max_iter),
             trace=state.trace.at[state.n_iter].set(value),
         )
 

@@ -28,7 +28,7 @@ import optax
 
 from jaxem import implicit
 from jaxem.constraints import from_unconstrained, to_unconstrained
-from jaxem.core import Method, Status, all_finite, count_decreases, em_update, is_done, next_status, objective
+from jaxem.core import Method, Status, all_finite, count_decreases, em_update, is_done, next_status, objective, tree_where
 from jaxem.core import FitResult
 
 ACCELERATIONS = (None, "squarem", "quasi_newton")
@@ -46,11 +46,6 @@ STALL_RATE = 0.9
 MIN_EM_ITER = 5
 LBFGS_MEMORY = 10
 MAX_LINESEARCH_STEPS = 30
-
-
-def tree_where(condition: jax.Array, on_true: Any, on_false: Any) -> Any:
-    """Leafwise select between two pytrees of the same structure."""
-    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
 
 
 # --- SQUAREM -----------------------------------------------------------------------------------

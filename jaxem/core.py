@@ -126,6 +126,11 @@ def em_update(model, params, m_state, X, sample_weight, chunk_size=None, prepare
     return value, new_params, new_m_state
 
 
+def tree_where(condition: jax.Array, on_true: Any, on_false: Any) -> Any:
+    """Leafwise select between two pytrees of the same structure."""
+    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
+
+
 def all_finite(tree: Any) -> jax.Array:
     """True when every entry of every leaf is finite."""
     leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]
@@ -184,7 +189,7 @@ def _em_iteration(model, X, sample_weight, tol, *, max_iter, criterion, chunk_si
         finite = jnp.isfinite(value) & all_finite(new_params)
         done = is_done(criterion, value, state.objective, new_params, state.params, tol)
         n_iter = state.n_iter + 1
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        keep = lambda new, old: tree_where(finite, new, old)
         return EMState(
             params=keep(new_params, state.params),
             m_state=keep(new_m_state, state.m_state),
@@ -210,7 +215,7 @@ def _loop(body, start: EMState, max_iter: int, *, unroll: bool) -> EMState:
     def step(state, _):
         running = state.status == Status.RUNNING
         advanced = body(state)
-        return jax.tree.map(lambda a, b: jnp.where(running, a, b), advanced, state), None
+        return tree_where(running, advanced, state), None
 
     final, _ = jax.lax.scan(step, start, None, length=max_iter)
     return final

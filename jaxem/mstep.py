@@ -25,6 +25,7 @@ import optax
 from jax.scipy.special import logsumexp
 
 from jaxem import constraints as constraints_lib
+from jaxem.core import tree_where
 
 
 # --- the Q function ------------------------------------------------------------------------
@@ -125,7 +126,7 @@ def restore_frozen(mask: Any, candidate: Any, params: Any) -> Any:
 def keep_if_not_worse(objective: Callable, candidate: Any, params: Any) -> Any:
     """candidate when objective(candidate) >= objective(params), else params (the GEM guard)."""
     accept = objective(candidate) >= objective(params)
-    return jax.tree.map(lambda new, old: jnp.where(accept, new, old), candidate, params)
+    return tree_where(accept, candidate, params)
 
 
 # --- gradient M-step ---------------------------------------------------------------------------
@@ -166,7 +167,7 @@ def gradient_ascent(
 
     def remember_best(point, value, best, best_loss):
         better = value < best_loss  # False for NaN, so a NaN iterate is never kept
-        best = jax.tree.map(lambda new, old: jnp.where(better, new, old), point, best)
+        best = tree_where(better, point, best)
         return best, jnp.where(better, value, best_loss)
 
     def step(_, carry):
@@ -182,7 +183,7 @@ def gradient_ascent(
     best, best_loss = remember_best(point, loss(point), best, best_loss)
     improved = best_loss < start_loss
     chosen = params_at(best)
-    new_params = jax.tree.map(lambda new, old: jnp.where(improved, new, old), chosen, params)
+    new_params = tree_where(improved, chosen, params)
     return new_params, opt_state
 
 

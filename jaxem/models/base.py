@@ -30,6 +30,30 @@ from jaxem import init as init_lib
 from jaxem import validation
 
 
+def weighted_posterior(log_joint: jax.Array, sample_weight: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    """Responsibilities times sample weights, and the weighted summed log-likelihood.
+
+    Args:
+      log_joint: log p(x, z=k), components along `axis` (0 or 1) and samples along the other.
+      sample_weight: (n_samples,).
+    Returns:
+      (resp, log_lik): resp = w_n p(z=k | x_n) in log_joint's layout; log_lik =
+      sum_n w_n log p(x_n), where a zero-weight point adds nothing even if its density
+      underflows to 0.
+    """
+    # logsumexp and the responsibilities share one exp per entry (the E-step's costliest
+    # elementwise op): resp = exp(l - peak) / sum_k exp(l - peak).
+    peak = jnp.max(log_joint, axis=axis, keepdims=True)
+    peak = jax.lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0.0))
+    unnormalised = jnp.exp(log_joint - peak)
+    total = jnp.sum(unnormalised, axis=axis, keepdims=True)
+    weight = jnp.expand_dims(sample_weight, axis)
+    resp = unnormalised * (weight / total)
+    log_norm = jnp.squeeze(peak + jnp.log(total), axis)
+    log_lik = jnp.sum(jnp.where(sample_weight > 0, sample_weight * log_norm, 0.0))
+    return resp, log_lik
+
+
 class MixtureModel:
     """Shared E-step, prediction and model-selection code for finite mixtures."""
 
@@ -54,17 +78,7 @@ class MixtureModel:
         Returns:
           (stats, log_lik) with log_lik = sum_n w_n log p(x_n | params), a scalar.
         """
-        log_joint = self.log_joint(params, X)
-        # logsumexp and the responsibilities share one exp per entry (the E-step's costliest
-        # elementwise op): resp = exp(l - peak) / sum_k exp(l - peak).
-        peak = jnp.max(log_joint, axis=1, keepdims=True)
-        peak = jax.lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0.0))
-        unnormalised = jnp.exp(log_joint - peak)
-        total = jnp.sum(unnormalised, axis=1, keepdims=True)
-        resp = unnormalised * (sample_weight[:, None] / total)
-        log_norm = (peak + jnp.log(total))[:, 0]
-        # A zero-weight point contributes nothing, even if its density underflows to 0.
-        log_lik = jnp.sum(jnp.where(sample_weight > 0, sample_weight * log_norm, 0.0))
+        resp, log_lik = weighted_posterior(self.log_joint(params, X), sample_weight, axis=1)
         return self.statistics(params, X, resp), log_lik
 
     def log_prior(self, params: Any) -> jax.Array:

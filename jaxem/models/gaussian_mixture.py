@@ -9,7 +9,11 @@ Numerics, matching scikit-learn's GaussianMixture update for update:
     y^T P y - 2 m^T P y + m^T P m (m = mu - shift) makes log p(x, z=k) = phi(x) . w_k, so
     log_joint = phi @ W with W: (n_features_phi, K), and the raw moments of y weighted by
     the responsibilities are resp^T @ phi. Restarts vmapped over params batch into the same
-    GEMMs. Centring the features on the data mean keeps the expansion's cancellation at
+    GEMMs. The features are stored feature-major, (n_phi, n_samples), and the E-step keeps
+    samples on the minor axis throughout (log_joint^T = W^T phi^T, softmax over rows,
+    moments = resp^T^T phi): with restarts batched in, the softmax then vectorises over
+    samples and no (n, R K) intermediate is transposed; 20-25% faster per iteration on CPU
+    than the sample-major layout (benchmarks/bench_gmm.py). Centring the features on the data mean keeps the expansion's cancellation at
     the scale of the data's spread, not its distance from the origin (float32);
   * second moments are centred on the previous means c_k: the statistics are
     n_k = sum r, s_k = sum r (x - c_k), S_k = sum r (x - c_k)(x - c_k)^T, which stay additive
@@ -35,7 +39,7 @@ from jax.scipy.linalg import solve_triangular
 
 from jaxem import validation
 from jaxem.models import checks
-from jaxem.models.base import MixtureModel
+from jaxem.models.base import MixtureModel, weighted_posterior
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -55,8 +59,8 @@ class GaussianMixtureParams(NamedTuple):
 class GaussianFeatures(NamedTuple):
     """Fixed per-fit features of the data, which the E-step multiplies (see module docstring).
 
-    features: (n_samples, n_phi) rows [quadratic terms of y, y, 1] with y = x - shift;
-      n_phi = D (D + 1) / 2 + D + 1 for full and tied covariances, 2 D + 1 otherwise.
+    features: (n_phi, n_samples), feature-major: rows [quadratic terms of y, y, 1] with
+      y = x - shift; n_phi = D (D + 1) / 2 + D + 1 for full and tied covariances, 2 D + 1 otherwise.
     shift: (D,) the data mean the features are centred on.
     """
 
@@ -77,7 +81,7 @@ class GaussianMixtureStats(NamedTuple):
 
 
 def _triangle_factors(n_features: int) -> tuple[np.ndarray, np.ndarray]:
-    """Column indices (a, b) into [y, 1] with phi = [y, 1]_a * [y, 1]_b for full covariances:
+    """Row indices (a, b) into [y, 1] with phi = [y, 1]_a * [y, 1]_b for full covariances:
     the upper triangle of y y^T (np.triu_indices order), then y, then 1."""
     rows, cols = np.triu_indices(n_features)
     linear = np.arange(n_features)
@@ -146,15 +150,15 @@ class GaussianMixture(MixtureModel):
     def precompute(self, X: jax.Array) -> GaussianFeatures:
         """Features phi(x) of X: (n_samples, D), centred on the mean of X (module docstring)."""
         shift = jnp.mean(X, axis=0)
-        centred = X - shift
-        ones = jnp.ones((X.shape[0], 1), X.dtype)
+        centred = (X - shift).T
+        ones = jnp.ones((1, X.shape[0]), X.dtype)
         if self.covariance_type in ("diag", "spherical"):
-            return GaussianFeatures(jnp.concatenate([centred * centred, centred, ones], axis=1), shift)
-        # Every full-covariance feature is a product of two columns of [y, 1]: one gather and
+            return GaussianFeatures(jnp.concatenate([centred * centred, centred, ones], axis=0), shift)
+        # Every full-covariance feature is a product of two rows of [y, 1]: one gather and
         # one multiply, about 1.7x faster on CPU than gathering the triangle and concatenating.
-        extended = jnp.concatenate([centred, ones], axis=1)
+        extended = jnp.concatenate([centred, ones], axis=0)
         left, right = _triangle_factors(X.shape[1])
-        return GaussianFeatures(extended[:, left] * extended[:, right], shift)
+        return GaussianFeatures(extended[left] * extended[right], shift)
 
     def _as_features(self, X: jax.Array | GaussianFeatures) -> GaussianFeatures:
         return X if isinstance(X, GaussianFeatures) else self.precompute(X)
@@ -162,13 +166,17 @@ class GaussianMixture(MixtureModel):
     def e_step(
         self, params: GaussianMixtureParams, X: jax.Array | GaussianFeatures, sample_weight: jax.Array
     ) -> tuple[GaussianMixtureStats, jax.Array]:
-        """The base class E-step on `precompute(X)` features (X may already be features)."""
-        return super().e_step(params, self._as_features(X), sample_weight)
+        """Additive statistics and the weighted summed log-likelihood, as MixtureModel.e_step,
+        by two GEMMs against `precompute(X)` features (X may already be features)."""
+        features = self._as_features(X)
+        log_joint_t = self._log_joint_coefficients(params, features.shift).T @ features.features
+        resp_t, log_lik = weighted_posterior(log_joint_t, sample_weight, axis=0)
+        return self._statistics_from_resp_t(params, features, resp_t), log_lik
 
     def log_joint(self, params: GaussianMixtureParams, X: jax.Array | GaussianFeatures) -> jax.Array:
         """log p(x, z=k): (n_samples, K); one GEMM when X is `precompute` features."""
         if isinstance(X, GaussianFeatures):
-            return X.features @ self._log_joint_coefficients(params, X.shift)
+            return (self._log_joint_coefficients(params, X.shift).T @ X.features).T
         return super().log_joint(params, X)
 
     def _log_joint_coefficients(self, params: GaussianMixtureParams, shift: jax.Array) -> jax.Array:
@@ -210,8 +218,13 @@ class GaussianMixture(MixtureModel):
         One GEMM resp^T @ phi gives the moments of y = x - shift; they are re-centred on
         params.means exactly (a linear map, so the statistics stay additive).
         """
-        features = self._as_features(X)
-        moments = resp.T @ features.features
+        return self._statistics_from_resp_t(params, self._as_features(X), resp.T)
+
+    def _statistics_from_resp_t(
+        self, params: GaussianMixtureParams, features: GaussianFeatures, resp_t: jax.Array
+    ) -> GaussianMixtureStats:
+        """Statistics from transposed responsibilities resp_t: (K, n_samples), one GEMM."""
+        moments = resp_t @ features.features.T
         return self._centre_moments(moments, params.means - features.shift)
 
     def _centre_moments(self, moments: jax.Array, centres: jax.Array) -> GaussianMixtureStats:

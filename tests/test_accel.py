@@ -95,3 +95,23 @@ def test_accelerate_is_validated():
 
 def test_method_names():
     assert [jaxem.method_name(m) for m in jaxem.Method] == ["EM", "SQUAREM", "quasi-Newton"]
+
+
+@pytest.mark.parametrize("name", ["em", "squarem", "quasi_newton"])
+def test_a_run_cut_at_max_iter_is_a_prefix_of_a_longer_run(name):
+    # benchmarks/bench_accel.evals_to_reach relies on this: the run with max_iter=m ends at
+    # the point that entered iteration m of any longer run (for quasi-Newton, two iterations
+    # before the end stops inside the L-BFGS phase).
+    runner = {"em": run_em, **RUNNERS}[name]
+    run = lambda m: jax.jit(
+        lambda p: runner(jaxem.PoissonMixture(2), p, LONDON_COUNTS, LONDON_FREQUENCIES, max_iter=m, tol=1e-11)
+    )(LONDON_START)
+    full = run(200)
+    for m in (3, int(full.n_iter) - 2):
+        short = run(m)
+        assert int(short.n_iter) == m
+        np.testing.assert_allclose(short.trace, full.trace[:m], rtol=1e-12)
+        np.testing.assert_allclose(float(short.log_likelihood), float(full.trace[m]), rtol=1e-12)
+        assert int(short.n_evals) < int(full.n_evals)
+    if name == "quasi_newton":
+        assert jaxem.method_name(full.method) == jaxem.method_name(short.method) == "quasi-Newton"

@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 import jaxem
+from jax.scipy.stats import poisson
+from scipy.stats import poisson as sp_poisson
+
 from jaxem.accel import run_quasi_newton, run_squarem
 from jaxem.core import run_em
 
@@ -89,6 +92,33 @@ def test_accelerated_run_matches_scikit_learn_optimum(name):
     ).fit(X)
     fast = RUNNERS[name](model, start, jnp.asarray(X), jnp.ones(len(X)), max_iter=3000, tol=1e-14)
     np.testing.assert_allclose(float(fast.log_likelihood), sk.score(X), atol=1e-8)
+
+
+def numpy_poisson_mixture_em(counts, weights, rates, n_iter=5000):
+    """Closed-form EM for a Poisson mixture; returns the mean log-likelihood at the end."""
+    weights, rates = np.array(weights, float), np.array(rates, float)
+    for _ in range(n_iter):
+        log_joint = np.log(weights) + sp_poisson.logpmf(counts[:, None], rates)
+        resp = np.exp(log_joint - np.logaddexp.reduce(log_joint, axis=1, keepdims=True))
+        weights, rates = resp.mean(0), (resp * counts[:, None]).sum(0) / resp.sum(0)
+    log_joint = np.log(weights) + sp_poisson.logpmf(counts[:, None], rates)
+    return np.mean(np.logaddexp.reduce(log_joint, axis=1))
+
+
+@pytest.mark.parametrize("accelerate", sorted(RUNNERS))
+def test_latent_model_with_gradient_m_step_reaches_closed_form_optimum(accelerate):
+    rng = np.random.default_rng(0)
+    counts = np.concatenate([rng.poisson(2.0, 200), rng.poisson(5.0, 100)]).astype(float)
+    model = jaxem.LatentModel(
+        lambda params, x: jnp.log(params["weights"]) + poisson.logpmf(x[0], params["rates"]),
+        lambda key, X: {"weights": jnp.array([0.5, 0.5]), "rates": jnp.array([1.0, 6.0])},
+        constraints={"weights": "simplex", "rates": "positive"},
+    )
+    result = jaxem.fit(model, counts[:, None], key=jax.random.key(0), max_iter=500, tol=1e-12, accelerate=accelerate)
+    assert bool(result.converged)
+    assert int(result.n_decreases) == 0
+    reference = numpy_poisson_mixture_em(counts, [0.5, 0.5], [1.0, 6.0])
+    np.testing.assert_allclose(float(result.log_likelihood), reference, rtol=1e-10)
 
 
 @pytest.mark.parametrize("accelerate", [None, "squarem", "quasi_newton"])

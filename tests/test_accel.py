@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 import jaxem
+from jax.scipy.stats import poisson
+from scipy.stats import poisson as sp_poisson
+
 from jaxem.accel import run_quasi_newton, run_squarem
 from jaxem.core import run_em
 
@@ -45,21 +48,39 @@ def overlapping_gaussians(seed=0, n=300):
     return X
 
 
+@pytest.mark.parametrize("name", sorted(RUNNERS))
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
-def test_squarem_reaches_plain_em_optimum_with_fewer_evaluations(covariance_type):
+def test_accelerated_run_reaches_plain_em_optimum_with_fewer_evaluations(covariance_type, name):
     X = overlapping_gaussians()
     model = jaxem.GaussianMixture(2, covariance_type=covariance_type, reg_covar=0.0)
     start = model.init_params(jax.random.key(3), jnp.asarray(X), jnp.ones(len(X)), "random_from_data")
     w = jnp.ones(len(X))
     em = run_em(model, start, jnp.asarray(X), w, max_iter=20000, tol=1e-13)
-    sq = run_squarem(model, start, jnp.asarray(X), w, max_iter=2000, tol=1e-13)
-    assert bool(em.converged) and bool(sq.converged)
-    np.testing.assert_allclose(float(sq.log_likelihood), float(em.log_likelihood), atol=1e-8)
-    assert int(sq.n_evals) * 3 < int(em.n_evals)
-    assert int(sq.n_decreases) == 0
+    fast = RUNNERS[name](model, start, jnp.asarray(X), w, max_iter=2000, tol=1e-13)
+    assert bool(em.converged) and bool(fast.converged)
+    np.testing.assert_allclose(float(fast.log_likelihood), float(em.log_likelihood), atol=1e-8)
+    assert int(fast.n_evals) * 3 < int(em.n_evals)
+    assert int(fast.n_decreases) == 0
 
 
-def test_squarem_matches_scikit_learn_optimum():
+def test_quasi_newton_beats_em_on_badly_scaled_old_faithful():
+    # Durations (minutes) and waiting times (tens of minutes): L-BFGS in unconstrained
+    # coordinates needed more evaluations than plain EM here with a short memory.
+    X = jnp.asarray(np.loadtxt(jaxem.data_path("old_faithful.csv"), delimiter=",", skiprows=1))
+    w = jnp.ones(len(X))
+    model = jaxem.GaussianMixture(3, reg_covar=1e-6)
+    start = model.init_params(jax.random.key(1), X, w, "random_from_data")
+    em = run_em(model, start, X, w, max_iter=5000, tol=1e-13)
+    qn = run_quasi_newton(model, start, X, w, max_iter=5000, tol=1e-13)
+    assert bool(em.converged) and bool(qn.converged)
+    np.testing.assert_allclose(float(qn.log_likelihood), float(em.log_likelihood), atol=1e-8)
+    assert jaxem.method_name(qn.method) == "quasi-Newton"
+    assert int(qn.n_evals) < int(em.n_evals)
+    assert int(qn.n_decreases) == 0
+
+
+@pytest.mark.parametrize("name", sorted(RUNNERS))
+def test_accelerated_run_matches_scikit_learn_optimum(name):
     from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
     X = overlapping_gaussians(1)
@@ -69,8 +90,35 @@ def test_squarem_matches_scikit_learn_optimum():
         2, reg_covar=1e-6, tol=1e-14, max_iter=100000, weights_init=np.asarray(start.weights),
         means_init=np.asarray(start.means), precisions_init=np.linalg.inv(np.asarray(start.covariances)),
     ).fit(X)
-    sq = run_squarem(model, start, jnp.asarray(X), jnp.ones(len(X)), max_iter=3000, tol=1e-14)
-    np.testing.assert_allclose(float(sq.log_likelihood), sk.score(X), atol=1e-8)
+    fast = RUNNERS[name](model, start, jnp.asarray(X), jnp.ones(len(X)), max_iter=3000, tol=1e-14)
+    np.testing.assert_allclose(float(fast.log_likelihood), sk.score(X), atol=1e-8)
+
+
+def numpy_poisson_mixture_em(counts, weights, rates, n_iter=5000):
+    """Closed-form EM for a Poisson mixture; returns the mean log-likelihood at the end."""
+    weights, rates = np.array(weights, float), np.array(rates, float)
+    for _ in range(n_iter):
+        log_joint = np.log(weights) + sp_poisson.logpmf(counts[:, None], rates)
+        resp = np.exp(log_joint - np.logaddexp.reduce(log_joint, axis=1, keepdims=True))
+        weights, rates = resp.mean(0), (resp * counts[:, None]).sum(0) / resp.sum(0)
+    log_joint = np.log(weights) + sp_poisson.logpmf(counts[:, None], rates)
+    return np.mean(np.logaddexp.reduce(log_joint, axis=1))
+
+
+@pytest.mark.parametrize("accelerate", sorted(RUNNERS))
+def test_latent_model_with_gradient_m_step_reaches_closed_form_optimum(accelerate):
+    rng = np.random.default_rng(0)
+    counts = np.concatenate([rng.poisson(2.0, 200), rng.poisson(5.0, 100)]).astype(float)
+    model = jaxem.LatentModel(
+        lambda params, x: jnp.log(params["weights"]) + poisson.logpmf(x[0], params["rates"]),
+        lambda key, X: {"weights": jnp.array([0.5, 0.5]), "rates": jnp.array([1.0, 6.0])},
+        constraints={"weights": "simplex", "rates": "positive"},
+    )
+    result = jaxem.fit(model, counts[:, None], key=jax.random.key(0), max_iter=500, tol=1e-12, accelerate=accelerate)
+    assert bool(result.converged)
+    assert int(result.n_decreases) == 0
+    reference = numpy_poisson_mixture_em(counts, [0.5, 0.5], [1.0, 6.0])
+    np.testing.assert_allclose(float(result.log_likelihood), reference, rtol=1e-10)
 
 
 @pytest.mark.parametrize("accelerate", [None, "squarem", "quasi_newton"])
@@ -95,3 +143,23 @@ def test_accelerate_is_validated():
 
 def test_method_names():
     assert [jaxem.method_name(m) for m in jaxem.Method] == ["EM", "SQUAREM", "quasi-Newton"]
+
+
+@pytest.mark.parametrize("name", ["em", "squarem", "quasi_newton"])
+def test_a_run_cut_at_max_iter_is_a_prefix_of_a_longer_run(name):
+    # benchmarks/bench_accel.evals_to_reach relies on this: the run with max_iter=m ends at
+    # the point that entered iteration m of any longer run (for quasi-Newton, two iterations
+    # before the end stops inside the L-BFGS phase).
+    runner = {"em": run_em, **RUNNERS}[name]
+    run = lambda m: jax.jit(
+        lambda p: runner(jaxem.PoissonMixture(2), p, LONDON_COUNTS, LONDON_FREQUENCIES, max_iter=m, tol=1e-11)
+    )(LONDON_START)
+    full = run(200)
+    for m in (3, int(full.n_iter) - 2):
+        short = run(m)
+        assert int(short.n_iter) == m
+        np.testing.assert_allclose(short.trace, full.trace[:m], rtol=1e-12)
+        np.testing.assert_allclose(float(short.log_likelihood), float(full.trace[m]), rtol=1e-12)
+        assert int(short.n_evals) < int(full.n_evals)
+    if name == "quasi_newton":
+        assert jaxem.method_name(full.method) == jaxem.method_name(short.method) == "quasi-Newton"

@@ -22,3 +22,23 @@ def test_quick_benchmark_writes_consistent_report(tmp_path):
     expected_ratio = (sk["steady_s"] / (sk["restarts"] * sk["iters"])) / (mine["steady_s"] / (mine["restarts"] * mine["iters"]))
     np.testing.assert_allclose(report["ratios"]["full_float32"]["scikit-learn float64"], expected_ratio, rtol=1e-12)
     assert [row["case"] for row in report["scaling"]] == ["base", "2x n", "2x d", "2x k", "2x restarts"]
+
+
+def test_accel_evals_to_reach_counts_e_steps_like_the_trace():
+    # EM: the objective at trace[i] is known after i + 1 E-steps; SQUAREM: after 1 + 2 i
+    # (two per cycle). evals_to_reach, from the shortest run, must give the same counts.
+    import jax
+
+    from benchmarks import bench_accel
+    from jaxem.accel import run_squarem
+    from jaxem.core import run_em
+
+    (name, model, start, X, w), *_ = bench_accel.problems()
+    run_to = lambda runner, m: jax.jit(lambda p: runner(model, p, X, w, max_iter=m, tol=1e-13))(start)
+    em = run_to(run_em, 5000)
+    target = float(em.log_likelihood) - 1e-6  # a target both runs reach inside their traces
+    for runner, evals_at in [(run_em, lambda i: i + 1), (run_squarem, lambda i: 1 + 2 * i)]:
+        full = run_to(runner, 5000)
+        first = int(np.argmax(np.asarray(full.trace) >= target - bench_accel.REACH))
+        assert first > 1
+        assert bench_accel.evals_to_reach(lambda m: run_to(runner, m), full, target) == evals_at(first)

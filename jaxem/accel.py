@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxem import implicit
+from jaxem import implicit, parallel
 from jaxem.constraints import from_unconstrained, to_unconstrained
 from jaxem.core import Method, Status, all_finite, count_decreases, em_update, is_done, next_status, objective, tree_where
 from jaxem.core import FitResult
@@ -163,7 +163,9 @@ def run_squarem(
     dtype = X.dtype
     tol = jnp.asarray(tol, dtype)
     constraints = model.param_constraints(init_params)
-    step = lambda params, m_state: em_update(model, params, m_state, X, sample_weight, chunk_size)
+    # Fixed features of the data (model.precompute), built once, outside the loop.
+    prepared = parallel.prepare(model, X, sample_weight, chunk_size)
+    step = lambda params, m_state: em_update(model, params, m_state, X, sample_weight, chunk_size, prepared)
 
     def body(state: SquaremState) -> SquaremState:
         em_value, twice_mapped, twice_m_state = step(state.mapped, state.m_state)
@@ -253,15 +255,19 @@ class LbfgsPhaseState(NamedTuple):
     trace: jax.Array
 
 
-def run_em_phase(model, state: EMPhaseState, X, sample_weight, *, max_iter, tol, criterion, chunk_size, switch):
+def run_em_phase(model, state: EMPhaseState, X, sample_weight, *, max_iter, tol, criterion, chunk_size, prepared, switch):
     """EM iterations from `state` until a stopping rule holds or, when `switch`, EM stalls.
+
+    prepared: `parallel.prepare(model, X, sample_weight, chunk_size)`, built once per fit.
 
     EM has stalled once, after MIN_EM_ITER iterations, its gain per iteration shrinks by a
     factor above STALL_RATE: it is in slow linear convergence. Stopping rules as run_em.
     """
 
     def body(state: EMPhaseState) -> EMPhaseState:
-        value, new_params, new_m_state = em_update(model, state.params, state.m_state, X, sample_weight, chunk_size)
+        value, new_params, new_m_state = em_update(
+            model, state.params, state.m_state, X, sample_weight, chunk_size, prepared
+        )
         finite = jnp.isfinite(value) & all_finite(new_params)
         gain = value - state.value
         n_iter = state.n_iter + 1
@@ -355,10 +361,11 @@ def run_quasi_newton(
     tol = jnp.asarray(tol, dtype)
     constraints = model.param_constraints(init_params)
     to_params = lambda u: from_unconstrained(constraints, u)
-    loss_fn = lambda u: -objective(model, to_params(u), X, sample_weight, chunk_size)[0]
+    prepared = parallel.prepare(model, X, sample_weight, chunk_size)
+    loss_fn = lambda u: -objective(model, to_params(u), X, sample_weight, chunk_size, prepared)[0]
     options = dict(max_iter=max_iter, tol=tol, criterion=criterion)
     em_phase = lambda state, switch: run_em_phase(
-        model, state, X, sample_weight, chunk_size=chunk_size, switch=switch, **options
+        model, state, X, sample_weight, chunk_size=chunk_size, prepared=prepared, switch=switch, **options
     )
 
     zero = jnp.zeros((), jnp.int32)
@@ -391,7 +398,7 @@ def run_quasi_newton(
         ),
         switch=False,
     )
-    final_value, _ = objective(model, last.params, X, sample_weight, chunk_size)
+    final_value, _ = objective(model, last.params, X, sample_weight, chunk_size, prepared)
     status = jnp.where(jnp.isfinite(final_value), last.status, Status.NON_FINITE).astype(jnp.int32)
     finished_by_lbfgs = switched & ~lbfgs.failed
     return FitResult(

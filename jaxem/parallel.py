@@ -50,7 +50,7 @@ def prepare(
     if chunk_size is None or chunk_size >= X.shape[0]:
         return model.precompute(X), sample_weight
     chunks = split_chunks(X, chunk_size, "edge")
-    return jax.vmap(model.precompute)(chunks), split_chunks(sample_weight, chunk_size, "zero")
+    return model.precompute_chunks(chunks), split_chunks(sample_weight, chunk_size, "zero")
 
 
 def e_step_prepared(model: Any, params: Any, data: Any, weights: jax.Array) -> tuple[Any, jax.Array]:

@@ -66,6 +66,11 @@ class MixtureModel:
         """Fixed per-fit form of a block of rows X that `e_step` accepts in place of X."""
         return X
 
+    def precompute_chunks(self, chunks: jax.Array) -> Any:
+        """`precompute` of every chunk of rows, chunks: (n_chunks, chunk_size, n_features);
+        every leaf of the result has a leading n_chunks axis."""
+        return jax.vmap(self.precompute)(chunks)
+
     def log_joint(self, params: Any, X: jax.Array) -> jax.Array:
         """log p(x, z=k | params): (n_samples, n_components)."""
         return self.component_log_prob(params, X) + self.log_weights(params)[None, :]

@@ -4,17 +4,18 @@ Numerics, matching scikit-learn's GaussianMixture update for update:
   * log densities for prediction use the precision Cholesky factor U (precision P = U U^T),
     so that (x - mu)^T P (x - mu) = ||(x - mu) U||^2;
   * the E-step of a fit runs as two GEMMs against fixed features of the data (`precompute`):
-    phi(x) = [upper triangle of y y^T (diag and spherical: y^2), y, 1] with y = x - shift,
-    the shift being the data mean. The expanded quadratic form
-    y^T P y - 2 m^T P y + m^T P m (m = mu - shift) makes log p(x, z=k) = phi(x) . w_k, so
-    log_joint = phi @ W with W: (n_features_phi, K), and the raw moments of y weighted by
-    the responsibilities are resp^T @ phi. Restarts vmapped over params batch into the same
-    GEMMs. The features are stored feature-major, (n_phi, n_samples), and the E-step keeps
-    samples on the minor axis throughout (log_joint^T = W^T phi^T, softmax over rows,
-    moments = resp^T^T phi): with restarts batched in, the softmax then vectorises over
-    samples and no (n, R K) intermediate is transposed; 20-25% faster per iteration on CPU
-    than the sample-major layout (benchmarks/bench_gmm.py). Centring the features on the data mean keeps the expansion's cancellation at
-    the scale of the data's spread, not its distance from the origin (float32);
+    with y = x - shift (the shift being the data mean) and e = [y, 1], the features phi(x)
+    are the upper triangle of e e^T for full and tied covariances, [y^2, y, 1] for diag and
+    spherical. The expanded quadratic form y^T P y - 2 m^T P y + m^T P m (m = mu - shift)
+    makes log p(x, z=k) = phi(x) . w_k, so log_joint = phi @ W with W: (n_phi, K), and the
+    raw moments of y weighted by the responsibilities are resp^T @ phi. Restarts vmapped
+    over params batch into the same GEMMs. Centring the features on the data mean keeps the
+    expansion's cancellation at the scale of the data's spread, not its distance from the
+    origin (float32). The features are stored feature-major, (n_phi, n_samples), and the
+    E-step keeps samples on the minor axis throughout (log_joint^T = W^T phi, softmax over
+    components, moments = resp^T phi^T): with restarts batched in, the softmax vectorises
+    over samples and no (n, R K) intermediate is transposed, 20-25% faster per iteration on
+    CPU than the sample-major layout (N = 100k, D = 16, K = 16, 4 restarts);
   * second moments are centred on the previous means c_k: the statistics are
     n_k = sum r, s_k = sum r (x - c_k), S_k = sum r (x - c_k)(x - c_k)^T, which stay additive
     over data points, and the M-step forms Sigma_k = S_k / n_k - d d^T with d = s_k / n_k,
@@ -59,9 +60,11 @@ class GaussianMixtureParams(NamedTuple):
 class GaussianFeatures(NamedTuple):
     """Fixed per-fit features of the data, which the E-step multiplies (see module docstring).
 
-    features: (n_phi, n_samples), feature-major: rows [quadratic terms of y, y, 1] with
-      y = x - shift; n_phi = D (D + 1) / 2 + D + 1 for full and tied covariances, 2 D + 1 otherwise.
-    shift: (D,) the data mean the features are centred on.
+    features: (n_phi, n_samples), feature-major: with y = x - shift and e = [y, 1], the
+      upper triangle of e e^T in np.triu_indices order for full and tied covariances
+      (n_phi = (D + 1) (D + 2) / 2), rows [y^2, y, 1] otherwise (n_phi = 2 D + 1).
+    shift: (D,) the data mean the features are centred on ((n_chunks, D) for chunked
+      features, equal rows).
     """
 
     features: jax.Array
@@ -80,14 +83,10 @@ class GaussianMixtureStats(NamedTuple):
     centred_squares: jax.Array
 
 
-def _triangle_factors(n_features: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices (a, b) into [y, 1] with phi = [y, 1]_a * [y, 1]_b for full covariances:
-    the upper triangle of y y^T (np.triu_indices order), then y, then 1."""
-    rows, cols = np.triu_indices(n_features)
-    linear = np.arange(n_features)
-    left = np.concatenate([rows, linear, [n_features]])
-    right = np.concatenate([cols, np.full(n_features, n_features), [n_features]])
-    return left, right
+def _extended_triangle(n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of the upper triangle of the (D + 1, D + 1) matrix
+    [y, 1] [y, 1]^T, in np.triu_indices (row-major) order: the full-covariance features."""
+    return np.triu_indices(n_features + 1)
 
 
 @jax.tree_util.register_dataclass
@@ -150,15 +149,30 @@ class GaussianMixture(MixtureModel):
     def precompute(self, X: jax.Array) -> GaussianFeatures:
         """Features phi(x) of X: (n_samples, D), centred on the mean of X (module docstring)."""
         shift = jnp.mean(X, axis=0)
-        centred = (X - shift).T
-        ones = jnp.ones((1, X.shape[0]), X.dtype)
+        return GaussianFeatures(self._features(X, shift), shift)
+
+    def precompute_chunks(self, chunks: jax.Array) -> GaussianFeatures:
+        """Features of every chunk of rows, chunks: (n_chunks, chunk_size, D), all centred on
+        one shift (the mean of all rows; padding rows included, which only moves the centre)
+        so that one batched gather builds them: features (n_chunks, n_phi, chunk_size),
+        shift (n_chunks, D) with equal rows."""
+        shift = jnp.mean(chunks, axis=(0, 1))
+        shifts = jnp.broadcast_to(shift, (chunks.shape[0], shift.shape[0]))
+        return GaussianFeatures(self._features(chunks, shift), shifts)
+
+    def _features(self, X: jax.Array, shift: jax.Array) -> jax.Array:
+        """Feature-major phi of rows X: (..., n, D) centred on shift (D,): (..., n_phi, n)."""
+        centred = jnp.swapaxes(X - shift, -1, -2)
+        ones = jnp.ones(centred.shape[:-2] + (1, centred.shape[-1]), X.dtype)
         if self.covariance_type in ("diag", "spherical"):
-            return GaussianFeatures(jnp.concatenate([centred * centred, centred, ones], axis=0), shift)
-        # Every full-covariance feature is a product of two rows of [y, 1]: one gather and
-        # one multiply, about 1.7x faster on CPU than gathering the triangle and concatenating.
-        extended = jnp.concatenate([centred, ones], axis=0)
-        left, right = _triangle_factors(X.shape[1])
-        return GaussianFeatures(extended[left] * extended[right], shift)
+            return jnp.concatenate([centred * centred, centred, ones], axis=-2)
+        # The upper triangle of [y, 1] [y, 1]^T, row block by row block: row i of the triangle is
+        # [y, 1]_i times rows i.. of [y, 1]. Built by broadcasting and one concatenation, which
+        # XLA writes in place; a gather of the factor rows measured 20-35 ms slower per fit
+        # (N = 100k, D = 16) because its output layout forced two transposing copies.
+        extended = jnp.concatenate([centred, ones], axis=-2)
+        blocks = [extended[..., i : i + 1, :] * extended[..., i:, :] for i in range(X.shape[-1] + 1)]
+        return jnp.concatenate(blocks, axis=-2)
 
     def _as_features(self, X: jax.Array | GaussianFeatures) -> GaussianFeatures:
         return X if isinstance(X, GaussianFeatures) else self.precompute(X)
@@ -188,12 +202,22 @@ class GaussianMixture(MixtureModel):
             prec_chol = jnp.broadcast_to(prec_chol, (n_components, n_features, n_features))
             whitened_means = jnp.einsum("kd,kde->ke", means, prec_chol)
             precisions = prec_chol @ jnp.swapaxes(prec_chol, -1, -2)
-            rows, cols = np.triu_indices(n_features)
-            # Off-diagonal products appear once in phi but twice in y^T P y.
-            halves = np.where(rows == cols, 0.5, 1.0).astype(means.dtype)
-            quadratic = -halves * precisions[:, rows, cols]
             linear = jnp.einsum("kde,ke->kd", prec_chol, whitened_means)
             log_det = jnp.sum(jnp.log(jnp.diagonal(prec_chol, axis1=-2, axis2=-1)), axis=-1)
+            constant = self._log_joint_constant(params, log_det, whitened_means)
+            # log p(x, z=k) = e^T A_k e with e = [y, 1] and the symmetric
+            # A_k = [[-P/2, l/2], [l^T/2, constant]]; features hold each product e_i e_j once,
+            # so off-diagonal coefficients count twice.
+            coefficients = jnp.concatenate(
+                [
+                    jnp.concatenate([-0.5 * precisions, 0.5 * linear[:, :, None]], axis=2),
+                    jnp.concatenate([0.5 * linear, constant[:, None]], axis=1)[:, None, :],
+                ],
+                axis=1,
+            )
+            rows, cols = _extended_triangle(n_features)
+            twice_off_diagonal = np.where(rows == cols, 1.0, 2.0).astype(means.dtype)
+            return (twice_off_diagonal * coefficients[:, rows, cols]).T
         else:
             if self.covariance_type == "spherical":
                 prec_chol = prec_chol[:, None]
@@ -202,12 +226,17 @@ class GaussianMixture(MixtureModel):
             quadratic = -0.5 * prec_chol**2
             linear = prec_chol * whitened_means
             log_det = jnp.sum(jnp.log(prec_chol), axis=-1)
-        constant = (
+        constant = self._log_joint_constant(params, log_det, whitened_means)
+        return jnp.concatenate([quadratic, linear, constant[:, None]], axis=1).T
+
+    def _log_joint_constant(self, params: GaussianMixtureParams, log_det: jax.Array, whitened_means: jax.Array) -> jax.Array:
+        """log w_k + log|U_k| - (D log 2 pi + |m_k U_k|^2) / 2: (K,)."""
+        n_features = whitened_means.shape[1]
+        return (
             self.log_weights(params)
             + log_det
             - 0.5 * (n_features * math.log(2 * math.pi) + jnp.sum(whitened_means**2, axis=-1))
         )
-        return jnp.concatenate([quadratic, linear, constant[:, None]], axis=1).T
 
     # --- statistics and M-step ----------------------------------------------------------------
     def statistics(
@@ -230,13 +259,15 @@ class GaussianMixture(MixtureModel):
     def _centre_moments(self, moments: jax.Array, centres: jax.Array) -> GaussianMixtureStats:
         """Statistics about centres c: (K, D) from moments (K, n_phi) of y in phi's layout."""
         n_features = centres.shape[1]
-        counts = moments[:, -1]
-        centred_sums = moments[:, -n_features - 1 : -1] - counts[:, None] * centres
-        quadratic = moments[:, : -n_features - 1]
         if self.covariance_type in ("full", "tied"):
-            rows, cols = np.triu_indices(n_features)
-            second = jnp.zeros(centres.shape + (n_features,), moments.dtype)
-            second = second.at[:, rows, cols].set(quadratic).at[:, cols, rows].set(quadratic)
+            rows, cols = _extended_triangle(n_features)
+            extended = jnp.zeros((centres.shape[0], n_features + 1, n_features + 1), moments.dtype)
+            extended = extended.at[:, rows, cols].set(moments).at[:, cols, rows].set(moments)
+            second, sums, counts = extended[:, :-1, :-1], extended[:, :-1, -1], extended[:, -1, -1]
+        else:
+            quadratic, sums, counts = moments[:, :n_features], moments[:, n_features:-1], moments[:, -1]
+        centred_sums = sums - counts[:, None] * centres
+        if self.covariance_type in ("full", "tied"):
             # sum r (y - c)(y - c)^T = sum r y y^T - s c^T - c s^T - n c c^T, s = sum r (y - c).
             cross = centred_sums[:, :, None] * centres[:, None, :]
             squares = (

@@ -61,6 +61,11 @@ def e_step_prepared(model: Any, params: Any, data: Any, weights: jax.Array) -> t
     """
     if weights.ndim == 1:
         return model.e_step(params, data, weights)
+    # Factorisations once, not per chunk. Besides the saved work, this keeps batched LAPACK
+    # calls (which fan out over a thread pool and wait on it) out of chunk E-steps that the
+    # runtime runs side by side: two of them at once deadlocked XLA:CPU's 2-thread pool
+    # (jaxlib 0.10.2, batched triangular solves of a Gaussian mixture, N=100k).
+    params = getattr(model, "e_step_params", lambda p: p)(params)
     first = jax.tree.map(lambda leaf: leaf[0], (data, weights))
     zero = jax.tree.map(
         lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(model.e_step, params, *first)

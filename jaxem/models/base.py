@@ -71,6 +71,12 @@ class MixtureModel:
         every leaf of the result has a leading n_chunks axis."""
         return jax.vmap(self.precompute)(chunks)
 
+    def e_step_params(self, params: Any) -> Any:
+        """params in a form `e_step` also accepts, with what every chunk's E-step would
+        otherwise recompute (factorisations) done once; a chunked E-step calls this once per
+        E-step, outside its loop over chunks. The default is params themselves."""
+        return params
+
     def log_joint(self, params: Any, X: jax.Array) -> jax.Array:
         """log p(x, z=k | params): (n_samples, n_components)."""
         return self.component_log_prob(params, X) + self.log_weights(params)[None, :]

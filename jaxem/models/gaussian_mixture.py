@@ -83,6 +83,13 @@ class GaussianMixtureStats(NamedTuple):
     centred_squares: jax.Array
 
 
+class GaussianFactors(NamedTuple):
+    """Params with their precision Cholesky factors, computed once per E-step (`e_step_params`)."""
+
+    params: GaussianMixtureParams
+    precisions_cholesky: jax.Array
+
+
 def _extended_triangle(n_features: int) -> tuple[np.ndarray, np.ndarray]:
     """Row and column indices of the upper triangle of the (D + 1, D + 1) matrix
     [y, 1] [y, 1]^T, in np.triu_indices (row-major) order: the full-covariance features."""
@@ -177,13 +184,26 @@ class GaussianMixture(MixtureModel):
     def _as_features(self, X: jax.Array | GaussianFeatures) -> GaussianFeatures:
         return X if isinstance(X, GaussianFeatures) else self.precompute(X)
 
+    def e_step_params(self, params: GaussianMixtureParams | GaussianFactors) -> GaussianFactors:
+        """Params with their precision Cholesky factors (the E-step's only factorisations)."""
+        if isinstance(params, GaussianFactors):
+            return params
+        return GaussianFactors(params, self.precisions_cholesky(params))
+
     def e_step(
-        self, params: GaussianMixtureParams, X: jax.Array | GaussianFeatures, sample_weight: jax.Array
+        self,
+        params: GaussianMixtureParams | GaussianFactors,
+        X: jax.Array | GaussianFeatures,
+        sample_weight: jax.Array,
     ) -> tuple[GaussianMixtureStats, jax.Array]:
         """Additive statistics and the weighted summed log-likelihood, as MixtureModel.e_step,
-        by two GEMMs against `precompute(X)` features (X may already be features)."""
+        by two GEMMs against `precompute(X)` features (X may already be features, params may
+        come from `e_step_params`)."""
         features = self._as_features(X)
-        log_joint_t = self._log_joint_coefficients(params, features.shift).T @ features.features
+        factors = self.e_step_params(params)
+        params = factors.params
+        coefficients = self._log_joint_coefficients(params, features.shift, factors.precisions_cholesky)
+        log_joint_t = coefficients.T @ features.features
         resp_t, log_lik = weighted_posterior(log_joint_t, sample_weight, axis=0)
         return self._statistics_from_resp_t(params, features, resp_t), log_lik
 
@@ -193,11 +213,15 @@ class GaussianMixture(MixtureModel):
             return (self._log_joint_coefficients(params, X.shift).T @ X.features).T
         return super().log_joint(params, X)
 
-    def _log_joint_coefficients(self, params: GaussianMixtureParams, shift: jax.Array) -> jax.Array:
-        """W: (n_phi, K) with phi(x) @ W = log p(x, z=k), in the frame centred on shift."""
+    def _log_joint_coefficients(
+        self, params: GaussianMixtureParams, shift: jax.Array, prec_chol: jax.Array | None = None
+    ) -> jax.Array:
+        """W: (n_phi, K) with phi(x) @ W = log p(x, z=k), in the frame centred on shift;
+        prec_chol: `precisions_cholesky(params)` when already known."""
         means = params.means - shift
         n_components, n_features = means.shape
-        prec_chol = self.precisions_cholesky(params)
+        if prec_chol is None:
+            prec_chol = self.precisions_cholesky(params)
         if self.covariance_type in ("full", "tied"):
             prec_chol = jnp.broadcast_to(prec_chol, (n_components, n_features, n_features))
             whitened_means = jnp.einsum("kd,kde->ke", means, prec_chol)

@@ -161,8 +161,8 @@ class GaussianMixture(MixtureModel):
     def precompute_chunks(self, chunks: jax.Array) -> GaussianFeatures:
         """Features of every chunk of rows, chunks: (n_chunks, chunk_size, D), all centred on
         one shift (the mean of all rows; padding rows included, which only moves the centre)
-        so that one batched gather builds them: features (n_chunks, n_phi, chunk_size),
-        shift (n_chunks, D) with equal rows."""
+        and built in one batched pass: features (n_chunks, n_phi, chunk_size), shift
+        (n_chunks, D) with equal rows."""
         shift = jnp.mean(chunks, axis=(0, 1))
         shifts = jnp.broadcast_to(shift, (chunks.shape[0], shift.shape[0]))
         return GaussianFeatures(self._features(chunks, shift), shifts)

@@ -76,7 +76,7 @@ def main() -> None:
     rows = []
     for tol in (1e-3, 1e-6):
         fit_options = dict(tol=tol, max_iter=500, criterion="loglik")
-        for diff, adjoint in (("implicit", "fixed_point"), ("implicit", "gmres"), ("implicit", "bicgstab"), ("unroll", "fixed_point")):
+        for diff, adjoint in (("implicit", "dense"), ("implicit", "fixed_point"), ("implicit", "gmres"), ("implicit", "bicgstab"), ("unroll", "fixed_point")):
             row = dict(tol=tol, **case(X, model, diff, adjoint, fit_options, args.repeats))
             rows.append(row)
             print(

@@ -40,7 +40,7 @@ def fit(
     chunk_size: int | str | None = "auto",
     accelerate: str | None = None,
     diff: str | None = "implicit",
-    adjoint: str = "bicgstab",
+    adjoint: str = "auto",
 ) -> FitResult:
     """Fit `model` to X by EM with `n_restarts` vmapped random restarts.
 
@@ -70,9 +70,11 @@ def fit(
         bounded scan (plain EM only; memory grows with max_iter). None: no reverse mode.
         The fitted values are the same in all three. With restarts, the gradient flows
         through the selected run.
-      adjoint: solver of the implicit adjoint system: "bicgstab" (default), "gmres", or
+      adjoint: solver of the implicit adjoint system: "auto" (default: "dense" up to
+        jaxem.implicit.DENSE_MAX_PARAMS parameters, "bicgstab" above), "dense" (the
+        Jacobian from batched VJPs, then one linear solve), "bicgstab", "gmres", or
         "fixed_point" (iterates u <- v + J^T u, converging at EM's own rate, so it is slow
-        where EM is slow; see benchmarks/bench_implicit.py).
+        where EM is slow); see benchmarks/bench_implicit.py.
     Returns:
       FitResult of the best restart, with every run in `.restarts`.
     Raises:

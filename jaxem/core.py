@@ -232,7 +232,7 @@ def run_em(
     criterion: str = "loglik",
     chunk_size: int | None = None,
     diff: str | None = "implicit",
-    adjoint: str = "bicgstab",
+    adjoint: str = "auto",
 ) -> FitResult:
     """EM from `init_params` until the stopping rule holds, max_iter, or a non-finite value.
 
@@ -243,7 +243,7 @@ def run_em(
 
     Reverse-mode gradients (with respect to X, sample_weight and the model's leaves):
     diff="implicit" differentiates the fixed point params = T(params) with jaxem.implicit,
-    solving the adjoint with `adjoint` ("fixed_point", "gmres" or "bicgstab"), and gives
+    solving the adjoint with `adjoint` (one of jaxem.implicit.ADJOINT_SOLVERS), and gives
     init_params a zero gradient; diff="unroll" runs a bounded scan of max_iter iterations
     (params frozen once stopped) that reverse mode differentiates step by step; None runs
     the plain while_loop (forward mode only). All three compute the same values.

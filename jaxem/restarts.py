@@ -23,7 +23,7 @@ def run_restarts(
     sample_weight: jax.Array,
     accelerate: str | None = None,
     diff: str | None = "implicit",
-    adjoint: str = "bicgstab",
+    adjoint: str = "auto",
     **options,
 ) -> FitResult:
     """The single-start runner for `accelerate` vmapped over the leading (n_restarts) axis

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import jaxem
+from jaxem import implicit
 from jaxem.implicit import custom_fixed_point, solve_adjoint
 from jaxem.models.base import MixtureModel
 from jaxem.models.gaussian_mixture import COVARIANCE_TYPES
@@ -123,7 +124,7 @@ def test_adjoint_solvers_agree(data):
         return jnp.sum(res.params.means**2)
 
     expected = jax.grad(mean_norm)(jnp.asarray(X), "bicgstab")
-    for adjoint in ("gmres", "fixed_point"):
+    for adjoint in ("dense", "gmres", "fixed_point"):
         np.testing.assert_allclose(jax.grad(mean_norm)(jnp.asarray(X), adjoint), expected, rtol=RTOL, atol=1e-10)
 
 
@@ -171,6 +172,30 @@ def test_gradient_through_restarts_is_that_of_the_selected_run(data):
     assert np.all(np.isfinite(grad_all))
 
 
+def test_dense_adjoint_on_a_pytree_in_several_batches():
+    # More parameters than DENSE_BATCH, split over two leaves, against numpy's solve.
+    rng = np.random.default_rng(1)
+    n = implicit.DENSE_BATCH + 7
+    J = 0.5 * rng.normal(size=(n, n)) / np.sqrt(n)
+    v = {"a": jnp.asarray(rng.normal(size=3)), "b": jnp.asarray(rng.normal(size=(n - 3,)))}
+
+    def transpose_jacobian(u):
+        flat = J.T @ jnp.concatenate([u["a"], u["b"]])
+        return {"a": flat[:3], "b": flat[3:]}
+
+    u, diverged = solve_adjoint(transpose_jacobian, v, solver="dense", tol=1e-12, max_iter=1)
+    expected = np.linalg.solve(np.eye(n) - J.T, np.concatenate([v["a"], v["b"]]))
+    assert not diverged
+    np.testing.assert_allclose(np.concatenate([u["a"], u["b"]]), expected, rtol=1e-10)
+
+
+def test_auto_adjoint_solves_densely_up_to_the_threshold():
+    few, many = jnp.ones(implicit.DENSE_MAX_PARAMS), {"a": jnp.ones(implicit.DENSE_MAX_PARAMS), "b": jnp.ones(1)}
+    assert implicit.resolve_solver("auto", few) == "dense"
+    assert implicit.resolve_solver("auto", many) == "bicgstab"
+    assert implicit.resolve_solver("gmres", few) == "gmres"
+
+
 def test_diverging_adjoint_is_reported():
     # J = 2 I is not a contraction: fixed-point iteration on u = v + J^T u diverges.
     v = {"a": jnp.ones(3)}
@@ -184,7 +209,7 @@ def test_contracting_adjoint_matches_linear_solve():
     J = 0.3 * rng.normal(size=(4, 4)) / 2.0
     v = jnp.asarray(rng.normal(size=4))
     expected = np.linalg.solve(np.eye(4) - J.T, v)
-    for solver in ("fixed_point", "gmres", "bicgstab"):
+    for solver in ("dense", "fixed_point", "gmres", "bicgstab"):
         u, diverged = solve_adjoint(lambda u: J.T @ u, v, solver=solver, tol=1e-12, max_iter=400)
         assert not diverged
         np.testing.assert_allclose(u, expected, rtol=1e-9)

@@ -7,7 +7,7 @@ import pytest
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 import jaxem
-from jaxem.models.gaussian_mixture import COVARIANCE_TYPES
+from jaxem.models.gaussian_mixture import COVARIANCE_TYPES, PAIRWISE_MAX_FEATURES
 
 RTOL = 1e-8
 
@@ -168,10 +168,19 @@ def test_empty_component_stays_finite():
     assert bool(jnp.isfinite(res.log_likelihood))
 
 
+def ten_features(seed=0):
+    """(300, 10): more features than PAIRWISE_MAX_FEATURES, so features are built by blocks."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(300, 10)) @ rng.normal(size=(10, 10)) + rng.normal(scale=3.0, size=10)
+
+
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
 @pytest.mark.parametrize("use_jit", [False, True])
-def test_feature_gemm_log_joint_equals_difference_form(covariance_type, use_jit):
-    X = jnp.asarray(DATASETS["faithful"]())
+@pytest.mark.parametrize("dataset", ["faithful", "ten_features"])
+def test_feature_gemm_log_joint_equals_difference_form(covariance_type, use_jit, dataset):
+    # Old Faithful (D=2) builds features pair by pair, ten features (D=10) block by block.
+    assert 2 <= PAIRWISE_MAX_FEATURES < 10
+    X = jnp.asarray(DATASETS["faithful"]() if dataset == "faithful" else ten_features())
     model = jaxem.GaussianMixture(3, covariance_type=covariance_type)
     params = random_start(model, X, seed=4)
     log_joint = jax.jit(model.log_joint) if use_jit else model.log_joint

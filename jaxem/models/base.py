@@ -20,7 +20,8 @@ per fit outside the EM loop (the default is X itself).
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,14 @@ from jax.scipy.special import logsumexp
 
 from jaxem import init as init_lib
 from jaxem import validation
+
+
+# Components up to this many are handled as separate slices, combined by chains of
+# elementwise ops, rather than by reductions over the component axis: XLA:CPU's YNNPACK
+# reduction of a short axis fused with its elementwise producer measured ~9x slower (a
+# softmax VJP over (21, 3, 5000): 1.67 vs 0.19 ms). With slices, the reverse pass has no
+# such reductions either (a broadcast's transpose is a reduction; a reused slice's is an add).
+UNROLL_COMPONENTS = 8
 
 
 def weighted_posterior(log_joint: jax.Array, sample_weight: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
@@ -41,14 +50,19 @@ def weighted_posterior(log_joint: jax.Array, sample_weight: jax.Array, axis: int
       sum_n w_n log p(x_n), where a zero-weight point adds nothing even if its density
       underflows to 0.
     """
+    n_components = log_joint.shape[axis]
+    if n_components <= UNROLL_COMPONENTS:
+        slices = [jax.lax.index_in_dim(log_joint, k, axis, keepdims=True) for k in range(n_components)]
+    else:
+        slices = [log_joint]
     # logsumexp and the responsibilities share one exp per entry (the E-step's costliest
     # elementwise op): resp = exp(l - peak) / sum_k exp(l - peak).
-    peak = jnp.max(log_joint, axis=axis, keepdims=True)
+    peak = functools.reduce(jnp.maximum, [jnp.max(s, axis=axis, keepdims=True) for s in slices])
     peak = jax.lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0.0))
-    unnormalised = jnp.exp(log_joint - peak)
-    total = jnp.sum(unnormalised, axis=axis, keepdims=True)
-    weight = jnp.expand_dims(sample_weight, axis)
-    resp = unnormalised * (weight / total)
+    unnormalised = [jnp.exp(s - peak) for s in slices]
+    total = functools.reduce(jnp.add, [jnp.sum(u, axis=axis, keepdims=True) for u in unnormalised])
+    scale = jnp.expand_dims(sample_weight, axis) / total
+    resp = jnp.concatenate([u * scale for u in unnormalised], axis=axis)
     log_norm = jnp.squeeze(peak + jnp.log(total), axis)
     log_lik = jnp.sum(jnp.where(sample_weight > 0, sample_weight * log_norm, 0.0))
     return resp, log_lik

@@ -90,6 +90,10 @@ class GaussianFactors(NamedTuple):
     precisions_cholesky: jax.Array
 
 
+# Up to this many features, full-covariance features are built one row pair at a time.
+PAIRWISE_MAX_FEATURES = 8
+
+
 def _extended_triangle(n_features: int) -> tuple[np.ndarray, np.ndarray]:
     """Row and column indices of the upper triangle of the (D + 1, D + 1) matrix
     [y, 1] [y, 1]^T, in np.triu_indices (row-major) order: the full-covariance features."""
@@ -178,8 +182,14 @@ class GaussianMixture(MixtureModel):
         # XLA writes in place; a gather of the factor rows measured 20-35 ms slower per fit
         # (N = 100k, D = 16) because its output layout forced two transposing copies.
         extended = jnp.concatenate([centred, ones], axis=-2)
-        blocks = [extended[..., i : i + 1, :] * extended[..., i:, :] for i in range(X.shape[-1] + 1)]
-        return jnp.concatenate(blocks, axis=-2)
+        if X.shape[-1] > PAIRWISE_MAX_FEATURES:
+            blocks = [extended[..., i : i + 1, :] * extended[..., i:, :] for i in range(X.shape[-1] + 1)]
+            return jnp.concatenate(blocks, axis=-2)
+        # Few features: one product per pair of rows. A row broadcast against a block
+        # transposes to a short-axis reduction in the data's gradient, which XLA:CPU runs
+        # slowly (see models.base.UNROLL_COMPONENTS); pairs transpose to adds.
+        rows = [extended[..., i : i + 1, :] for i in range(X.shape[-1] + 1)]
+        return jnp.concatenate([rows[i] * rows[j] for i in range(len(rows)) for j in range(i, len(rows))], axis=-2)
 
     def _as_features(self, X: jax.Array | GaussianFeatures) -> GaussianFeatures:
         return X if isinstance(X, GaussianFeatures) else self.precompute(X)

@@ -8,6 +8,7 @@ from scipy.special import logsumexp
 from scipy.stats import bernoulli
 
 import jaxem
+from jaxem.models.bernoulli_mixture import BernoulliMixtureStats
 from mixture_checks import (
     as_init,
     assert_em_update_same_with_and_without_jit,
@@ -62,6 +63,16 @@ def test_matches_textbook_map_em_after_same_iterations(n_iter, pseudo_count):
     log_lik = logsumexp(reference_log_density(X, probs) + np.log(weights), axis=1).sum()
     log_prior = pseudo_count * np.sum(np.log(probs) + np.log1p(-probs))
     np.testing.assert_allclose(res.log_likelihood, (log_lik + log_prior) / X.shape[0], rtol=1e-10)
+
+
+def test_m_step_keeps_probabilities_in_the_unit_interval_despite_rounding():
+    # Sums of x from a GEMM may exceed the responsibility counts by a rounding error.
+    model = jaxem.BernoulliMixture(1, pseudo_count=0.0)
+    stats = BernoulliMixtureStats(counts=jnp.asarray([3.0]), sums=jnp.asarray([[3.0 + 1e-13, 0.0]]))
+    params = model.m_step(stats, None)
+    assert float(params.probs.max()) <= 1.0 and float(params.probs.min()) >= 0.0
+    # p = 1 gives x = 0 a log-density of -inf (impossible), never NaN.
+    assert not np.any(np.isnan(model.log_joint(params, jnp.asarray([[0.0, 1.0], [1.0, 0.0]]))))
 
 
 def test_maximum_likelihood_with_a_constant_feature_stays_finite():

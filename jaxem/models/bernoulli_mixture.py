@@ -90,12 +90,14 @@ class BernoulliMixture(MixtureModel):
         """Closed-form MAP: weights n_k / n, probs (s_k + a) / (n_k + 2 a).
 
         Ten machine epsilons join the pseudo-count, so a component with no points keeps
-        valid probabilities (1/2) even when a = 0.
+        valid probabilities (1/2) even when a = 0. Probabilities are clipped to [0, 1]: the
+        GEMM that sums x can exceed the sum of the same responsibilities by a rounding
+        error, and a probability of 1 + 1e-15 would make log(1 - p) NaN.
         """
         dtype = stats.sums.dtype
         tiny = 10 * jnp.finfo(dtype).eps
         a = jnp.asarray(self.pseudo_count, dtype) + tiny
-        probs = (stats.sums + a) / (stats.counts[:, None] + 2.0 * a)
+        probs = jnp.clip((stats.sums + a) / (stats.counts[:, None] + 2.0 * a), 0.0, 1.0)
         counts = stats.counts + tiny
         return BernoulliMixtureParams(counts / jnp.sum(counts), probs)
 

@@ -65,7 +65,7 @@ def e_step_prepared(model: Any, params: Any, data: Any, weights: jax.Array) -> t
     # calls (which fan out over a thread pool and wait on it) out of chunk E-steps that the
     # runtime runs side by side: two of them at once deadlocked XLA:CPU's 2-thread pool
     # (jaxlib 0.10.2, batched triangular solves of a Gaussian mixture, N=100k).
-    params = getattr(model, "e_step_params", lambda p: p)(params)
+    params = model.e_step_params(params)
     first = jax.tree.map(lambda leaf: leaf[0], (data, weights))
     zero = jax.tree.map(
         lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(model.e_step, params, *first)

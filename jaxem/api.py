@@ -41,6 +41,7 @@ def fit(
     accelerate: str | None = None,
     diff: str | None = "implicit",
     adjoint: str = "auto",
+    vmap_slots: int | str | None = "auto",
 ) -> FitResult:
     """Fit `model` to X by EM with `n_restarts` vmapped random restarts.
 
@@ -87,6 +88,8 @@ def fit(
     accelerate = validation.check_choice(accelerate, "accelerate", ACCELERATIONS)
     diff = validation.check_choice(diff, "diff", DIFF_MODES)
     adjoint = validation.check_choice(adjoint, "adjoint", ADJOINT_SOLVERS)
+    if not (vmap_slots is None or vmap_slots == "auto"):
+        vmap_slots = validation.check_positive_int(vmap_slots, 'vmap_slots (or "auto", None)')
     if accelerate is not None and diff == "unroll":
         raise ValueError(
             'diff="unroll" differentiates plain EM iterations; with accelerate use '
@@ -109,16 +112,19 @@ def fit(
         model, X, sample_weight, key, start, tol,
         n_restarts=n_restarts, max_iter=max_iter, criterion=criterion,
         init_method=init_method, chunk_size=chunk_size, accelerate=accelerate, diff=diff, adjoint=adjoint,
+        vmap_slots=vmap_slots,
     )
 
 
 @partial(
     jax.jit,
-    static_argnames=("n_restarts", "max_iter", "criterion", "init_method", "chunk_size", "accelerate", "diff", "adjoint"),
+    static_argnames=(
+        "n_restarts", "max_iter", "criterion", "init_method", "chunk_size", "accelerate", "diff", "adjoint", "vmap_slots",
+    ),
 )
 def _fit(
     model, X, sample_weight, key, start, tol, *,
-    n_restarts, max_iter, criterion, init_method, chunk_size, accelerate, diff, adjoint,
+    n_restarts, max_iter, criterion, init_method, chunk_size, accelerate, diff, adjoint, vmap_slots,
 ):
     if start is None:
         keys = jax.random.split(key, n_restarts)
@@ -128,6 +134,6 @@ def _fit(
     restarts = run_restarts(
         model, init_params, X, sample_weight,
         max_iter=max_iter, tol=tol, criterion=criterion, chunk_size=chunk_size,
-        accelerate=accelerate, diff=diff, adjoint=adjoint,
+        accelerate=accelerate, diff=diff, adjoint=adjoint, vmap_slots=vmap_slots,
     )
     return select_best(restarts)

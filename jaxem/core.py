@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxem import implicit, parallel
+from jaxem import implicit, parallel, schedule
 
 CRITERIA = ("loglik", "params")
 DIFF_MODES = ("implicit", "unroll", None)
@@ -177,12 +177,15 @@ def is_done(criterion: str, new_value, old_value, new_params, old_params, tol) -
     return max_relative_change(new_params, old_params) < tol
 
 
-def _em_iteration(model, X, sample_weight, tol, *, max_iter, criterion, chunk_size):
-    """The loop body: one E+M step from an EMState, with the stopping rule applied."""
-    # Fixed features of the data (model.precompute), built once, outside the loop.
-    prepared = parallel.prepare(model, X, sample_weight, chunk_size)
+def _em_iteration(*, max_iter, criterion, chunk_size):
+    """The loop body: one E+M step from an EMState, with the stopping rule applied.
 
-    def body(state: EMState) -> EMState:
+    The body takes the data explicitly, (model, X, sample_weight, prepared, tol), so that
+    jaxem.schedule can give each vmapped problem its own.
+    """
+
+    def body(state: EMState, data) -> EMState:
+        model, X, sample_weight, prepared, tol = data
         value, new_params, new_m_state = em_update(
             model, state.params, state.m_state, X, sample_weight, chunk_size, prepared
         )
@@ -202,20 +205,24 @@ def _em_iteration(model, X, sample_weight, tol, *, max_iter, criterion, chunk_si
     return body
 
 
-def _loop(body, start: EMState, max_iter: int, *, unroll: bool) -> EMState:
+def _is_running(state: EMState) -> jax.Array:
+    return state.status == Status.RUNNING
+
+
+def _loop(body, start: EMState, data, max_iter: int, *, unroll: bool, slots) -> EMState:
     """Apply `body` while the status is RUNNING.
 
-    unroll=False: a lax.while_loop (not reverse-differentiable). unroll=True: a lax.scan of
-    exactly max_iter steps in which a stopped state is carried unchanged, so reverse mode
-    can differentiate it; the values are those of the while_loop.
+    unroll=False: jaxem.schedule.while_loop, a lax.while_loop (not reverse-differentiable)
+    that retires finished problems when vmapped over data sets (`slots` of them in flight).
+    unroll=True: a lax.scan of exactly max_iter steps in which a stopped state is carried
+    unchanged, so reverse mode can differentiate it; the values are those of the while_loop.
     """
     if not unroll:
-        return jax.lax.while_loop(lambda s: s.status == Status.RUNNING, body, start)
+        return schedule.while_loop(_is_running, body, start, data, slots=slots)
 
     def step(state, _):
-        running = state.status == Status.RUNNING
-        advanced = body(state)
-        return tree_where(running, advanced, state), None
+        advanced = body(state, data)
+        return tree_where(_is_running(state), advanced, state), None
 
     final, _ = jax.lax.scan(step, start, None, length=max_iter)
     return final
@@ -233,6 +240,7 @@ def run_em(
     chunk_size: int | None = None,
     diff: str | None = "implicit",
     adjoint: str = "auto",
+    vmap_slots: int | str | None = "auto",
 ) -> FitResult:
     """EM from `init_params` until the stopping rule holds, max_iter, or a non-finite value.
 
@@ -248,9 +256,14 @@ def run_em(
     (params frozen once stopped) that reverse mode differentiates step by step; None runs
     the plain while_loop (forward mode only). All three compute the same values.
 
+    Vmapped over data sets, the while loop (diff "implicit" or None) advances `vmap_slots`
+    problems at a time and retires each at its own stop (jaxem.schedule.while_loop;
+    "auto": schedule.auto_slots, None: lockstep).
+
     Args:
       X: (n_samples, ...) data; sample_weight: (n_samples,).
-      max_iter, criterion, chunk_size, diff, adjoint: static; tol: scalar (may be traced).
+      max_iter, criterion, chunk_size, diff, adjoint, vmap_slots: static; tol: scalar
+        (may be traced).
     Returns:
       FitResult with best_restart and restarts None.
     """
@@ -258,7 +271,9 @@ def run_em(
     tol = jnp.asarray(tol, dtype)
 
     def solve(init_params, model, X, sample_weight, tol):
-        body = _em_iteration(model, X, sample_weight, tol, max_iter=max_iter, criterion=criterion, chunk_size=chunk_size)
+        body = _em_iteration(max_iter=max_iter, criterion=criterion, chunk_size=chunk_size)
+        # Fixed features of the data (model.precompute), built once, outside the loop.
+        prepared = parallel.prepare(model, X, sample_weight, chunk_size)
         start = EMState(
             params=init_params,
             m_state=model.init_m_state(init_params),
@@ -267,7 +282,8 @@ def run_em(
             status=jnp.asarray(Status.RUNNING, jnp.int32),
             trace=jnp.full((max_iter,), jnp.nan, dtype),
         )
-        final = _loop(body, start, max_iter, unroll=diff == "unroll")
+        data = (model, X, sample_weight, prepared, tol)
+        final = _loop(body, start, data, max_iter, unroll=diff == "unroll", slots=vmap_slots)
         return final.params, final._replace(params=None)
 
     if diff == "implicit":

@@ -24,16 +24,18 @@ def run_restarts(
     accelerate: str | None = None,
     diff: str | None = "implicit",
     adjoint: str = "auto",
+    vmap_slots: int | str | None = "auto",
     **options,
 ) -> FitResult:
     """The single-start runner for `accelerate` vmapped over the leading (n_restarts) axis
     of init_params: run_em (None), accel.run_squarem ("squarem") or
-    accel.run_quasi_newton ("quasi_newton"), differentiable as `diff` says.
+    accel.run_quasi_newton ("quasi_newton"), differentiable as `diff` says. vmap_slots:
+    run_em's (the accelerated runners vmap in lockstep).
 
     Returns a FitResult whose fields all have a leading n_restarts axis.
     """
     if accelerate is None:
-        runner = partial(run_em, diff=diff, adjoint=adjoint)
+        runner = partial(run_em, diff=diff, adjoint=adjoint, vmap_slots=vmap_slots)
     else:
         runner = {"squarem": accel.run_squarem, "quasi_newton": accel.run_quasi_newton}[accelerate]
         if diff == "implicit":

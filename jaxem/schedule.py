@@ -1,0 +1,177 @@
+"""A `lax.while_loop` that, when vmapped over independent problems, retires finished ones.
+
+Under `jax.vmap`, a while loop runs its body on the whole batch until the slowest member
+stops, so a batch of fits costs (batch size) x (largest iteration count). EM's iteration
+counts vary widely between data sets (benchmarks/bench_batch.py: 200 small fits, mean
+5.5 iterations, slowest 26), so most of that work is spent on fits that have already
+stopped.
+
+`while_loop(cond, body, state, data)` computes the same as
+`lax.while_loop(cond, lambda s: body(s, data), state)`. Unvmapped it is exactly that.
+Vmapped over problems (some leaf of `data` batched), it keeps `slots` problems in flight:
+each iteration advances the problems in the slots, writes out those whose `cond` turned
+false and loads the next waiting problems into their slots, so the total work is the sum
+of the iteration counts rather than batch size x maximum. Vmapped with `data` unbatched
+(restarts of one fit), it runs the members in lockstep, as a plain vmap does; a further
+vmap of that over problems then schedules whole problems (all their restarts at once).
+
+Each problem's result is the state its own loop ended in: what a plain vmap computes,
+up to the rounding of batched versus gathered arithmetic.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+# Problems in flight per batched iteration on CPU when slots="auto": a CPU's cost per
+# iteration grows with the number of problems advanced, so few slots waste little on
+# finished problems (benchmarks/bench_batch.py: 8 to 32 slots within 5% of each other).
+CPU_AUTO_SLOTS = 16
+
+
+def auto_slots(batch_size: int) -> int:
+    """Slots for `slots="auto"`: CPU_AUTO_SLOTS on CPU; the whole batch (lockstep) on
+    accelerators, where a batched iteration costs about the same as a single one."""
+    if jax.default_backend() == "cpu":
+        return min(batch_size, CPU_AUTO_SLOTS)
+    return batch_size
+
+
+def while_loop(
+    cond: Callable[[Any], jax.Array],
+    body: Callable[[Any, Any], Any],
+    state: Any,
+    data: Any,
+    *,
+    slots: int | str | None = "auto",
+) -> Any:
+    """`lax.while_loop(cond, lambda s: body(s, data), state)` with a vmap rule that
+    retires finished problems (module docstring).
+
+    Args:
+      cond: state -> () bool. body: (state, data) -> state of the same structure.
+      state, data: pytrees of arrays; data is what differs between vmapped problems.
+      slots: problems advanced together when vmapped over problems: an int, "auto"
+        (auto_slots), or None for lockstep (plain vmap).
+    Returns:
+      the final state. Not reverse-differentiable (neither is lax.while_loop).
+    """
+
+    @jax.custom_batching.custom_vmap
+    def loop(state, data):
+        return jax.lax.while_loop(cond, lambda s: body(s, data), state)
+
+    @loop.def_vmap
+    def batched_loop(axis_size, in_batched, state, data):
+        state_batched, data_batched = in_batched
+        state = broadcast_unbatched(state, state_batched, axis_size)
+        all_batched = jax.tree.map(lambda _: True, state)
+        task_cond, task_body = lockstep_task(cond, body, data_batched)
+        if not any(jax.tree.leaves(data_batched)):
+            # Same data for every member (restarts): one task in lockstep, itself
+            # schedulable by an enclosing vmap over problems.
+            return while_loop(task_cond, task_body, state, data, slots=slots), all_batched
+        n_slots = axis_size if slots is None else auto_slots(axis_size) if slots == "auto" else int(slots)
+        if n_slots >= axis_size:
+            return jax.lax.while_loop(task_cond, lambda s: task_body(s, data), state), all_batched
+        return retiring_loop(cond, body, state, data, data_batched, n_slots), all_batched
+
+    return loop(state, data)
+
+
+def broadcast_unbatched(tree: Any, batched: Any, axis_size: int) -> Any:
+    """Give every leaf whose flag in `batched` is False a leading axis of axis_size."""
+    return jax.tree.map(
+        lambda leaf, is_batched: leaf if is_batched else jnp.broadcast_to(leaf, (axis_size,) + jnp.shape(leaf)),
+        tree,
+        batched,
+    )
+
+
+def lockstep_task(cond, body, data_batched):
+    """cond and body of a whole batch advanced together, as vmap batches a while loop:
+    running while any member runs, stopped members carried unchanged."""
+    data_axes = jax.tree.map(lambda is_batched: 0 if is_batched else None, data_batched)
+
+    def member_body(member, data):
+        return jax.tree.map(lambda new, old: jnp.where(cond(member), new, old), body(member, data), member)
+
+    def task_cond(states):
+        return jnp.any(jax.vmap(cond)(states))
+
+    def task_body(states, data):
+        return jax.vmap(member_body, in_axes=(0, data_axes))(states, data)
+
+    return task_cond, task_body
+
+
+def take(tree: Any, index: jax.Array) -> Any:
+    """Rows `index` of every leaf (leading axis)."""
+    return jax.tree.map(lambda leaf: leaf[index], tree)
+
+
+def select_rows(mask: jax.Array, on_true: Any, on_false: Any) -> Any:
+    """Leafwise where(mask[i], on_true[i], on_false[i]) over the leading axis."""
+
+    def pick(a, b):
+        return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b)
+
+    return jax.tree.map(pick, on_true, on_false)
+
+
+def retiring_loop(cond, body, states: Any, data: Any, data_batched: Any, n_slots: int) -> Any:
+    """Run every problem of the batch to its own stop, n_slots at a time.
+
+    states: leaves (batch, ...); data: leaves (batch, ...) where data_batched says so.
+    Returns the final states, (batch, ...) leaves.
+    """
+    batch = jax.tree.leaves(states)[0].shape[0]
+    slot_data = lambda task: jax.tree.map(
+        lambda leaf, is_batched: leaf[task] if is_batched else leaf, data, data_batched
+    )
+    data_axes = jax.tree.map(lambda is_batched: 0 if is_batched else None, data_batched)
+    step = jax.vmap(body, in_axes=(0, data_axes))
+    running = jax.vmap(cond)
+
+    first = jnp.arange(n_slots)
+    # Carry: slot states, the problem in each slot (batch = empty), that problem's data,
+    # the next waiting problem, the results so far.
+    start = (take(states, first), first, slot_data(first), jnp.asarray(n_slots), states)
+
+    def any_in_flight(carry):
+        return jnp.any(carry[1] < batch)
+
+    def advance(carry):
+        slot_states, task, task_data, next_task, results = carry
+        occupied = task < batch
+        slot_states = select_rows(occupied & running(slot_states), step(slot_states, task_data), slot_states)
+        finished = occupied & ~running(slot_states)
+        written = jnp.where(finished, task, batch)
+        results = jax.tree.map(lambda out, new: out.at[written].set(new, mode="drop"), results, slot_states)
+        # Finished slots take the next waiting problems in order; empty once none wait.
+        incoming = next_task + jnp.cumsum(finished) - 1
+        task = jnp.where(finished, jnp.minimum(incoming, batch), task)
+        refill = finished & (task < batch)
+        safe_task = jnp.minimum(task, batch - 1)
+        slot_states = select_rows(refill, take(states, safe_task), slot_states)
+        task_data = jax.lax.cond(
+            jnp.any(refill),
+            lambda: refill_data(refill, slot_data(safe_task), task_data, data_batched),
+            lambda: task_data,
+        )
+        return slot_states, task, task_data, next_task + jnp.sum(finished), results
+
+    return jax.lax.while_loop(any_in_flight, advance, start)[4]
+
+
+def refill_data(refill, incoming, current, data_batched):
+    """Slot data with refilled slots replaced (only batched leaves have slots)."""
+    return jax.tree.map(
+        lambda new, old, is_batched: select_rows(refill, new, old) if is_batched else old,
+        incoming,
+        current,
+        data_batched,
+    )

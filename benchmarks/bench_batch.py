@@ -7,7 +7,7 @@ program; scikit-learn fits them one after another (BLAS limited to one thread, i
 setting for problems this small). Compile time is reported separately; times are medians
 of repeats.
 
-Run: python benchmarks/bench_batch.py [--repeats 5] [--out benchmarks/results/batch.json]
+Run: python benchmarks/bench_batch.py [--repeats 21] [--out benchmarks/results/batch.json]
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def timed(fn) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--sklearn-problems", type=int, default=N_PROBLEMS, help="problems timed in the sklearn loop")
     parser.add_argument("--out", default="benchmarks/results/batch.json")
     args = parser.parse_args()

@@ -94,6 +94,15 @@ class GaussianFactors(NamedTuple):
 PAIRWISE_MAX_FEATURES = 8
 
 
+def _symmetric_index(n_features: int) -> np.ndarray:
+    """(D + 1, D + 1) positions in the `_extended_triangle` order of each entry of the
+    symmetric matrix, so that triangle[..., index] rebuilds the full matrix."""
+    rows, cols = _extended_triangle(n_features)
+    index = np.zeros((n_features + 1, n_features + 1), np.int32)
+    index[rows, cols] = index[cols, rows] = np.arange(len(rows))
+    return index
+
+
 def _extended_triangle(n_features: int) -> tuple[np.ndarray, np.ndarray]:
     """Row and column indices of the upper triangle of the (D + 1, D + 1) matrix
     [y, 1] [y, 1]^T, in np.triu_indices (row-major) order: the full-covariance features."""
@@ -294,9 +303,9 @@ class GaussianMixture(MixtureModel):
         """Statistics about centres c: (K, D) from moments (K, n_phi) of y in phi's layout."""
         n_features = centres.shape[1]
         if self.covariance_type in ("full", "tied"):
-            rows, cols = _extended_triangle(n_features)
-            extended = jnp.zeros((centres.shape[0], n_features + 1, n_features + 1), moments.dtype)
-            extended = extended.at[:, rows, cols].set(moments).at[:, cols, rows].set(moments)
+            # The symmetric (D + 1, D + 1) moment matrix, each entry read from its triangle
+            # position: one gather with constant indices (two scatters measured slower).
+            extended = moments[:, _symmetric_index(n_features)]
             second, sums, counts = extended[:, :-1, :-1], extended[:, :-1, -1], extended[:, -1, -1]
         else:
             quadratic, sums, counts = moments[:, :n_features], moments[:, n_features:-1], moments[:, -1]

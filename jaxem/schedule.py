@@ -209,7 +209,7 @@ def copy_in(slot_data: Any, data: Any, data_batched: Any, refill: jax.Array, tas
     select over every slot each iteration copies all of them (on XLA:CPU a gather of 16
     problems' features, N=400 D=2, cost more than the EM step itself).
     """
-    slots = jnp.nonzero(refill, size=refill.shape[0], fill_value=0)[0]
+    slots = jnp.argsort(~refill, stable=True)  # the refilled slots first
 
     def copy_row(j, slot_data):
         slot = slots[j]

@@ -76,6 +76,13 @@ def fit(
         Jacobian from batched VJPs, then one linear solve), "bicgstab", "gmres", or
         "fixed_point" (iterates u <- v + J^T u, converging at EM's own rate, so it is slow
         where EM is slow); see benchmarks/bench_implicit.py.
+      vmap_slots: only matters when `fit` is vmapped over data sets (jit(vmap(fit))): how
+        many problems EM advances at a time, each retired at its own stop rather than all
+        iterating until the slowest converges (jaxem.schedule). "auto" (default):
+        jaxem.schedule.CPU_AUTO_SLOTS on CPU, the whole batch on accelerators; an int; or
+        None for lockstep. Results do not depend on it beyond rounding. Plain EM with
+        diff="implicit" (the default) only: diff=None keeps a lockstep loop so that
+        forward mode (vmap of jvp) works, and accelerate runs in lockstep.
     Returns:
       FitResult of the best restart, with every run in `.restarts`.
     Raises:

@@ -210,16 +210,20 @@ def _is_running(state: EMState) -> jax.Array:
     return state.status == Status.RUNNING
 
 
-def _loop(body, start: EMState, data, max_iter: int, *, unroll: bool, slots) -> EMState:
-    """Apply `body` while the status is RUNNING.
+def _loop(body, start: EMState, data, max_iter: int, *, diff: str | None, slots) -> EMState:
+    """Apply `body` while the status is RUNNING, as `diff` needs.
 
-    unroll=False: jaxem.schedule.while_loop, a lax.while_loop (not reverse-differentiable)
-    that retires finished problems when vmapped over data sets (`slots` of them in flight).
-    unroll=True: a lax.scan of exactly max_iter steps in which a stopped state is carried
-    unchanged, so reverse mode can differentiate it; the values are those of the while_loop.
+    "implicit": jaxem.schedule.while_loop, a lax.while_loop that retires finished problems
+    when vmapped over data sets (`slots` of them in flight); reverse mode goes around it
+    (jaxem.implicit). None: a plain lax.while_loop, which forward mode (jvp) can also
+    differentiate under vmap (JAX's custom_vmap cannot be). "unroll": a lax.scan of exactly
+    max_iter steps in which a stopped state is carried unchanged, so reverse mode can
+    differentiate it. All three give the same values.
     """
-    if not unroll:
+    if diff == "implicit":
         return schedule.while_loop(_is_running, body, start, data, slots=slots)
+    if diff is None:
+        return jax.lax.while_loop(_is_running, lambda state: body(state, data), start)
 
     def step(state, _):
         advanced = body(state, data)
@@ -257,9 +261,10 @@ def run_em(
     (params frozen once stopped) that reverse mode differentiates step by step; None runs
     the plain while_loop (forward mode only). All three compute the same values.
 
-    Vmapped over data sets, the while loop (diff "implicit" or None) advances `vmap_slots`
+    Vmapped over data sets, the while loop of diff="implicit" advances `vmap_slots`
     problems at a time and retires each at its own stop (jaxem.schedule.while_loop;
-    "auto": schedule.auto_slots, None: lockstep).
+    "auto": schedule.auto_slots, None: lockstep); diff=None keeps the lockstep while_loop,
+    so that vmap of jvp works.
 
     Args:
       X: (n_samples, ...) data; sample_weight: (n_samples,).
@@ -284,7 +289,7 @@ def run_em(
             trace=jnp.full((max_iter,), jnp.nan, dtype),
         )
         data = (model, X, sample_weight, prepared, tol)
-        final = _loop(body, start, data, max_iter, unroll=diff == "unroll", slots=vmap_slots)
+        final = _loop(body, start, data, max_iter, diff=diff, slots=vmap_slots)
         return final.params, final._replace(params=None)
 
     if diff == "implicit":

@@ -60,6 +60,25 @@ def while_loop(
     Returns:
       the final state. Not reverse-differentiable (neither is lax.while_loop).
     """
+    # custom_vmap hands its rule the batched flags in the arguments' own pytree structure,
+    # which would rebuild (and re-validate) objects such as models with booleans for
+    # leaves; flat lists of leaves avoid that.
+    state_leaves, state_def = jax.tree.flatten(state)
+    data_leaves, data_def = jax.tree.flatten(data)
+
+    def flat_cond(leaves):
+        return cond(jax.tree.unflatten(state_def, leaves))
+
+    def flat_body(leaves, data_leaves):
+        new = body(jax.tree.unflatten(state_def, leaves), jax.tree.unflatten(data_def, data_leaves))
+        return jax.tree.leaves(new)
+
+    final = _flat_while_loop(flat_cond, flat_body, state_leaves, data_leaves, slots)
+    return jax.tree.unflatten(state_def, final)
+
+
+def _flat_while_loop(cond, body, state: list, data: list, slots) -> list:
+    """while_loop on flat lists of leaves."""
 
     @jax.custom_batching.custom_vmap
     def loop(state, data):
@@ -74,7 +93,7 @@ def while_loop(
         if not any(jax.tree.leaves(data_batched)):
             # Same data for every member (restarts): one task in lockstep, itself
             # schedulable by an enclosing vmap over problems.
-            return while_loop(task_cond, task_body, state, data, slots=slots), all_batched
+            return _flat_while_loop(task_cond, task_body, state, data, slots), all_batched
         n_slots = axis_size if slots is None else auto_slots(axis_size) if slots == "auto" else int(slots)
         if n_slots >= axis_size:
             return jax.lax.while_loop(task_cond, lambda s: task_body(s, data), state), all_batched

@@ -60,6 +60,16 @@ def main() -> None:
     compile_s = timed(lambda: batched_fit.lower(X, keys).compile())
     log_likelihoods = np.asarray(batched_fit(X, keys))
     jaxem_s = float(np.median([timed(lambda: batched_fit(X, keys).block_until_ready()) for _ in range(args.repeats)]))
+    # The same batch in lockstep (every problem iterates until the slowest stops), and the
+    # iteration counts, to show what retiring finished problems saves.
+    lockstep_fit = jax.jit(
+        jax.vmap(
+            lambda X, key: jaxem.fit(model, X, key=key, max_iter=MAX_ITER, tol=TOL, vmap_slots=None).log_likelihood
+        )
+    )
+    lockstep_fit(X, keys).block_until_ready()
+    lockstep_s = float(np.median([timed(lambda: lockstep_fit(X, keys).block_until_ready()) for _ in range(args.repeats)]))
+    n_iter = np.asarray(jax.jit(jax.vmap(lambda X, key: jaxem.fit(model, X, key=key, max_iter=MAX_ITER, tol=TOL).n_iter))(X, keys))
 
     with threadpool_limits(limits=1):
         n_sk = args.sklearn_problems
@@ -70,7 +80,9 @@ def main() -> None:
             for i in range(n_sk)
         ]
         sklearn_s = float(np.median([timed(fit_all) for _ in range(max(1, args.repeats // 2))]))
-        sk_scores = np.array([m.score(data[i]) for i, m in enumerate(fit_all())])
+        sk_models = fit_all()
+        sk_scores = np.array([m.score(data[i]) for i, m in enumerate(sk_models)])
+        sk_n_iter = np.array([m.n_iter_ for m in sk_models])
 
     per_problem_jaxem = jaxem_s / N_PROBLEMS
     per_problem_sklearn = sklearn_s / n_sk
@@ -88,6 +100,11 @@ def main() -> None:
         jaxem_per_problem_ms=1e3 * per_problem_jaxem,
         sklearn_per_problem_ms=1e3 * per_problem_sklearn,
         speedup_per_problem=per_problem_sklearn / per_problem_jaxem,
+        jaxem_lockstep_batch_s=lockstep_s,
+        n_iter=dict(
+            jaxem_mean=float(n_iter.mean()), jaxem_max=int(n_iter.max()),
+            sklearn_mean=float(sk_n_iter.mean()), sklearn_max=int(sk_n_iter.max()),
+        ),
         mean_log_likelihood_first_sklearn_problems=dict(
             jaxem=float(log_likelihoods[:n_sk].mean()), sklearn=float(sk_scores.mean())
         ),

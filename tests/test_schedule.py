@@ -19,7 +19,12 @@ def collatz_steps(start):
 
 
 def collatz_state(start):
-    return {"n": jnp.asarray(start, jnp.int32), "steps": jnp.zeros((), jnp.int32), "trace": jnp.zeros(128, jnp.int32)}
+    # A float32 leaf makes the scheduler carry the int32 leaves bitcast in a float32 buffer
+    # (small ints are float denormals, which must come back bit for bit), plus a bool.
+    return {
+        "n": jnp.asarray(start, jnp.int32), "steps": jnp.zeros((), jnp.int32), "trace": jnp.zeros(128, jnp.int32),
+        "half": jnp.asarray(start / 2, jnp.float32), "odd": jnp.asarray(start % 2 == 1),
+    }
 
 
 def running(state):
@@ -29,7 +34,10 @@ def running(state):
 def collatz_body(state, data):
     n = state["n"]
     new = jnp.where(n % 2 == 0, n // 2, 3 * n + 1) + (0 * jnp.asarray(data["offset"])).astype(n.dtype)
-    return {"n": new, "steps": state["steps"] + 1, "trace": state["trace"].at[state["steps"]].set(new)}
+    return {
+        "n": new, "steps": state["steps"] + 1, "trace": state["trace"].at[state["steps"]].set(new),
+        "half": (new / 2).astype(jnp.float32), "odd": new % 2 == 1,
+    }
 
 
 STARTS = np.array([27, 1, 6, 97, 2, 871, 7, 1, 3, 31, 9, 54])
@@ -44,6 +52,8 @@ def test_vmapped_loop_equals_separate_loops(slots):
     np.testing.assert_array_equal(batched["steps"], [collatz_steps(s) for s in STARTS])
     np.testing.assert_array_equal(batched["trace"], np.stack([s["trace"] for s in separate]))
     np.testing.assert_array_equal(batched["n"], 1)
+    np.testing.assert_array_equal(batched["half"], 0.5)
+    np.testing.assert_array_equal(batched["odd"], True)
 
 
 def test_unbatched_data_runs_members_in_lockstep_and_nests_under_a_vmap_over_problems():

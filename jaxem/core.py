@@ -1,8 +1,9 @@
 """One EM run from given starting params: the pure step, stopping rules and the loop.
 
 The whole run is one `lax.while_loop` whose carry holds params, the M-step's state, the
-objective, the iteration count, a status code and a fixed-size trace; the data is closed
-over, never carried. Restarts (jaxem.restarts) are a `vmap` of `run_em`.
+objective, the iteration count, a status code and a fixed-size trace; the data is an
+argument of the loop body, never carried (jaxem.schedule, which runs the loop, gives each
+vmapped problem its own). Restarts (jaxem.restarts) are a `vmap` of `run_em`.
 
 The objective tracked is the mean per-sample log-likelihood (plus log_prior / sum of
 weights for MAP-EM), evaluated at the params entering each iteration, as scikit-learn's

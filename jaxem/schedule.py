@@ -11,7 +11,8 @@ stopped.
 Vmapped over problems (some leaf of `data` batched), it keeps `slots` problems in flight:
 each iteration advances the problems in the slots, writes out those whose `cond` turned
 false and loads the next waiting problems into their slots, so the total work is the sum
-of the iteration counts rather than batch size x maximum. Vmapped with `data` unbatched
+of the iteration counts rather than batch size x maximum. Once none wait, the last few
+move to a quarter of the slots. Vmapped with `data` unbatched
 (restarts of one fit), it runs the members in lockstep, as a plain vmap does; a further
 vmap of that over problems then schedules whole problems (all their restarts at once).
 
@@ -31,6 +32,9 @@ import jax.numpy as jnp
 # iteration grows with the number of problems advanced, so few slots waste little on
 # finished problems (benchmarks/bench_batch.py: 8 to 32 slots within 5% of each other).
 CPU_AUTO_SLOTS = 16
+
+# The last problems in flight run in n_slots // TAIL_FRACTION slots.
+TAIL_FRACTION = 4
 
 
 def auto_slots(batch_size: int) -> int:
@@ -218,7 +222,25 @@ def retiring_loop(cond, body, states: Any, data: Any, data_batched: Any, n_slots
         task_data = copy_in(task_data, data, data_batched, refill, task)
         return slots, task, task_data, next_task + jnp.sum(finished), results
 
-    return packing.unpack(jax.lax.while_loop(any_in_flight, advance, start)[4])
+    # Once no problem waits and few remain (the slowest ones), they move to a quarter of
+    # the slots: a step's cost grows with the slots it advances, occupied or not.
+    tail_slots = n_slots // TAIL_FRACTION
+    if tail_slots < 1:
+        return packing.unpack(jax.lax.while_loop(any_in_flight, advance, start)[4])
+
+    def before_tail(carry):
+        in_flight = jnp.sum(carry[1] < batch)
+        return (in_flight > 0) & ((carry[3] < batch) | (in_flight > tail_slots))
+
+    carry = jax.lax.while_loop(before_tail, advance, start)
+    slots, task, task_data, next_task, results = carry
+    keep = jnp.argsort(task >= batch, stable=True)[:tail_slots]  # the occupied slots first
+    slot_rows = lambda tree: jax.tree.map(lambda leaf: leaf[keep], tree)
+    task_data = jax.tree.map(
+        lambda leaf, is_batched: leaf[keep] if is_batched else leaf, task_data, data_batched
+    )
+    tail = (slot_rows(slots), task[keep], task_data, next_task, results)
+    return packing.unpack(jax.lax.while_loop(any_in_flight, advance, tail)[4])
 
 
 def copy_in(slot_data: Any, data: Any, data_batched: Any, refill: jax.Array, task: jax.Array) -> Any:

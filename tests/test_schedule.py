@@ -43,7 +43,7 @@ def collatz_body(state, data):
 STARTS = np.array([27, 1, 6, 97, 2, 871, 7, 1, 3, 31, 9, 54])
 
 
-@pytest.mark.parametrize("slots", [1, 3, 5, len(STARTS), 40, "auto", None])
+@pytest.mark.parametrize("slots", [1, 3, 5, 8, len(STARTS), 40, "auto", None])
 def test_vmapped_loop_equals_separate_loops(slots):
     data = {"offset": jnp.arange(len(STARTS))}
     loop = lambda start, data: schedule.while_loop(running, collatz_body, collatz_state(start), data, slots=slots)

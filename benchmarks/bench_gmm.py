@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import jaxem  # noqa: E402
 
-FULL = dict(n=100_000, d=16, k=16, restarts=4, iters=30, diag_d=32, repeats=3, sk_restarts=1,
+FULL = dict(n=100_000, d=16, k=16, restarts=4, iters=30, diag_d=32, repeats=5, sk_restarts=1,
             scaling=dict(n=50_000, d=16, k=16, restarts=4, iters=10), gemm=2048, chunk=4096)
 QUICK = dict(n=2_000, d=4, k=3, restarts=2, iters=5, diag_d=6, repeats=1, sk_restarts=1,
              scaling=dict(n=1_000, d=3, k=2, restarts=2, iters=3), gemm=256, chunk=512)

@@ -98,7 +98,10 @@ def _flat_while_loop(cond, body, state: list, data: list, slots) -> list:
             # Same data for every member (restarts): one task in lockstep, itself
             # schedulable by an enclosing vmap over problems.
             return _flat_while_loop(task_cond, task_body, state, data, slots), all_batched
-        n_slots = axis_size if slots is None else auto_slots(axis_size) if slots == "auto" else int(slots)
+        if slots is None:
+            n_slots = axis_size
+        else:
+            n_slots = auto_slots(axis_size) if slots == "auto" else int(slots)
         if n_slots >= axis_size:
             return jax.lax.while_loop(task_cond, lambda s: task_body(s, data), state), all_batched
         return retiring_loop(cond, body, state, data, data_batched, n_slots), all_batched
@@ -124,7 +127,8 @@ def lockstep_task(cond, body, data_batched, axis_size: int):
     def member_body(member, data):
         if axis_size == 1:
             return body(member, data)
-        return jax.tree.map(lambda new, old: jnp.where(cond(member), new, old), body(member, data), member)
+        running = cond(member)
+        return jax.tree.map(lambda new, old: jnp.where(running, new, old), body(member, data), member)
 
     def task_cond(states):
         return jnp.any(jax.vmap(cond)(states))

@@ -122,7 +122,7 @@ def lockstep_task(cond, body, data_batched, axis_size: int):
     """cond and body of a whole batch advanced together, as vmap batches a while loop:
     running while any member runs, stopped members carried unchanged (a lone member never
     runs stopped, so it needs no masking)."""
-    data_axes = jax.tree.map(lambda is_batched: 0 if is_batched else None, data_batched)
+    data_axes = vmap_axes(data_batched)
 
     def member_body(member, data):
         if axis_size == 1:
@@ -142,6 +142,16 @@ def lockstep_task(cond, body, data_batched, axis_size: int):
 def take(tree: Any, index: jax.Array) -> Any:
     """Rows `index` of every leaf (leading axis)."""
     return jax.tree.map(lambda leaf: leaf[index], tree)
+
+
+def take_batched(tree: Any, batched: Any, index: jax.Array) -> Any:
+    """Rows `index` of the leaves whose flag in `batched` is True; the others as they are."""
+    return jax.tree.map(lambda leaf, is_batched: leaf[index] if is_batched else leaf, tree, batched)
+
+
+def vmap_axes(batched: Any) -> Any:
+    """in_axes for jax.vmap from batched flags: 0 where batched, None elsewhere."""
+    return jax.tree.map(lambda is_batched: 0 if is_batched else None, batched)
 
 
 def select_rows(mask: jax.Array, on_true: Any, on_false: Any) -> Any:
@@ -190,10 +200,7 @@ def retiring_loop(cond, body, states: Any, data: Any, data_batched: Any, n_slots
     Returns the final states, (batch, ...) leaves.
     """
     batch = jax.tree.leaves(states)[0].shape[0]
-    slot_data = lambda task: jax.tree.map(
-        lambda leaf, is_batched: leaf[task] if is_batched else leaf, data, data_batched
-    )
-    data_axes = jax.tree.map(lambda is_batched: 0 if is_batched else None, data_batched)
+    data_axes = vmap_axes(data_batched)
     packing = Packing(states)
     packed_states = packing.pack(states)
 
@@ -206,7 +213,7 @@ def retiring_loop(cond, body, states: Any, data: Any, data_batched: Any, n_slots
     first = jnp.arange(n_slots)
     # Carry: slot states, the problem in each slot (batch = empty), that problem's data,
     # the next waiting problem, the results so far.
-    start = (take(packed_states, first), first, slot_data(first), jnp.asarray(n_slots), packed_states)
+    start = (take(packed_states, first), first, take_batched(data, data_batched, first), jnp.asarray(n_slots), packed_states)
 
     def any_in_flight(carry):
         return jnp.any(carry[1] < batch)
@@ -239,11 +246,7 @@ def retiring_loop(cond, body, states: Any, data: Any, data_batched: Any, n_slots
     carry = jax.lax.while_loop(before_tail, advance, start)
     slots, task, task_data, next_task, results = carry
     keep = jnp.argsort(task >= batch, stable=True)[:tail_slots]  # the occupied slots first
-    slot_rows = lambda tree: jax.tree.map(lambda leaf: leaf[keep], tree)
-    task_data = jax.tree.map(
-        lambda leaf, is_batched: leaf[keep] if is_batched else leaf, task_data, data_batched
-    )
-    tail = (slot_rows(slots), task[keep], task_data, next_task, results)
+    tail = (take(slots, keep), task[keep], take_batched(task_data, data_batched, keep), next_task, results)
     return packing.unpack(jax.lax.while_loop(any_in_flight, advance, tail)[4])
 
 

@@ -200,8 +200,7 @@ def _em_iteration(*, max_iter, criterion, chunk_size):
             objective=value,
             n_iter=n_iter,
             status=next_status(finite, done, n_iter, max_iter),
-            # A select rather than a dynamic update: under vmap the update is a scatter.
-            trace=jnp.where(jnp.arange(max_iter) == state.n_iter, value, state.trace),
+            trace=state.trace.at[state.n_iter].set(value),
         )
 
     return body

@@ -173,6 +173,11 @@ def test_auto_chunk_size_chunks_large_data_of_additive_models_only():
 
     gmm = jaxem.GaussianMixture(2)
     assert auto_chunk_size(gmm, 100) is None
-    assert auto_chunk_size(gmm, 3 * AUTO_CHUNK_SIZE) == AUTO_CHUNK_SIZE
+    assert auto_chunk_size(gmm, 2 * AUTO_CHUNK_SIZE) is None
+    for n_samples in (2 * AUTO_CHUNK_SIZE + 1, 3 * AUTO_CHUNK_SIZE, 100_000, 123_457):
+        chunk = auto_chunk_size(gmm, n_samples)
+        n_chunks = -(-n_samples // chunk)
+        assert chunk <= AUTO_CHUNK_SIZE and n_chunks % 2 == 0
+        assert (n_chunks - 1) * chunk < n_samples  # no chunk is all padding
     latent = jaxem.LatentModel(lambda p, x: p["w"], lambda key, X: {"w": jnp.zeros(2)})
     assert auto_chunk_size(latent, 3 * AUTO_CHUNK_SIZE) is None

@@ -169,7 +169,7 @@ def test_empty_component_stays_finite():
 
 
 def ten_features(seed=0):
-    """(300, 10): more features than PAIRWISE_MAX_FEATURES, so features are built by blocks."""
+    """(300, 10): more features than PAIRWISE_MAX_FEATURES, so features are built in a loop over rows."""
     rng = np.random.default_rng(seed)
     return rng.normal(size=(300, 10)) @ rng.normal(size=(10, 10)) + rng.normal(scale=3.0, size=10)
 
@@ -178,7 +178,7 @@ def ten_features(seed=0):
 @pytest.mark.parametrize("use_jit", [False, True])
 @pytest.mark.parametrize("dataset", ["faithful", "ten_features"])
 def test_feature_gemm_log_joint_equals_difference_form(covariance_type, use_jit, dataset):
-    # Old Faithful (D=2) builds features pair by pair, ten features (D=10) block by block.
+    # Old Faithful (D=2) builds features pair by pair, ten features (D=10) in a loop over rows.
     assert 2 <= PAIRWISE_MAX_FEATURES < 10
     X = jnp.asarray(DATASETS["faithful"]() if dataset == "faithful" else ten_features())
     model = jaxem.GaussianMixture(3, covariance_type=covariance_type)
@@ -187,6 +187,43 @@ def test_feature_gemm_log_joint_equals_difference_form(covariance_type, use_jit,
     from_features = log_joint(params, model.precompute(X))
     from_differences = model.component_log_prob(params, X) + jnp.log(params.weights)
     np.testing.assert_allclose(from_features, from_differences, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("chunk_size", [None, 7, 64])
+@pytest.mark.parametrize("dataset", ["faithful", "ten_features"])
+def test_starting_m_step_matches_sklearn_in_chunks_or_one_pass(covariance_type, chunk_size, dataset):
+    from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
+
+    X = np.asarray(DATASETS["faithful"]() if dataset == "faithful" else ten_features())[:150]
+    resp = np.random.default_rng(5).dirichlet(np.ones(3), size=len(X))  # 150 rows: 7 pads the last chunk
+    model = jaxem.GaussianMixture(3, covariance_type=covariance_type, reg_covar=1e-6)
+    params = model.params_from_resp_t(jnp.asarray(X), jnp.asarray(resp.T), chunk_size)
+    counts, means, covariances = _estimate_gaussian_parameters(X, resp, 1e-6, covariance_type)
+    np.testing.assert_allclose(params.weights, counts / counts.sum(), rtol=1e-10)
+    np.testing.assert_allclose(params.means, means, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(params.covariances, covariances, rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("dataset", ["faithful", "ten_features"])
+def test_features_and_their_gradient_equal_outer_products(dataset):
+    X = jnp.asarray(DATASETS["faithful"]() if dataset == "faithful" else ten_features())
+    model = jaxem.GaussianMixture(3)
+    weights = jnp.asarray(np.random.default_rng(1).normal(size=(X.shape[1] + 1) * (X.shape[1] + 2) // 2))
+    rows, cols = np.triu_indices(X.shape[1] + 1)
+
+    def outer_products(X):  # the upper triangle of [x - mean, 1] [x - mean, 1]^T per row
+        extended = jnp.concatenate([X - jnp.mean(X, axis=0), jnp.ones((X.shape[0], 1))], axis=1)
+        return (extended[:, rows] * extended[:, cols]).T
+
+    def loss(features_of, X):
+        return jnp.sum(jnp.tanh(features_of(X)) * weights[:, None])
+
+    features_of = lambda X: model.precompute(X).features  # noqa: E731
+    np.testing.assert_allclose(features_of(X), outer_products(X), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        jax.grad(loss, argnums=1)(features_of, X), jax.grad(loss, argnums=1)(outer_products, X), rtol=1e-10, atol=1e-12
+    )
 
 
 def well_conditioned(seed, n, d, k):

@@ -125,15 +125,17 @@ class MixtureModel:
         return self.m_step(stats, params), m_state
 
     def init_params(
-        self, key: jax.Array, X: jax.Array, sample_weight: jax.Array, method: str
+        self, key: jax.Array, X: jax.Array, sample_weight: jax.Array, method: str, chunk_size: int | None = None
     ) -> Any:
-        """Starting params from one of jaxem.init.INIT_METHODS (one M-step on responsibilities)."""
+        """Starting params from one of jaxem.init.INIT_METHODS (one M-step on responsibilities);
+        chunk_size: the fit's E-step chunks (see `params_from_resp_t`)."""
         resp_t = init_lib.initial_responsibilities(key, X, sample_weight, self.n_components, method)
-        return self.params_from_resp_t(X, resp_t * sample_weight[None, :])
+        return self.params_from_resp_t(X, resp_t * sample_weight[None, :], chunk_size)
 
-    def params_from_resp_t(self, X: jax.Array, resp_t: jax.Array) -> Any:
+    def params_from_resp_t(self, X: jax.Array, resp_t: jax.Array, chunk_size: int | None = None) -> Any:
         """`params_from_resp` from component-major responsibilities (K, n_samples); models
-        whose statistics are GEMMs over samples override it to skip the transpose."""
+        whose statistics are GEMMs over samples override it to skip the transpose, and may
+        use the fit's chunk_size to share the EM loop's data features. Here it is unused."""
         return self.params_from_resp(X, resp_t.T)
 
     def check_data(self, X: jax.Array) -> None:

@@ -237,8 +237,10 @@ class LatentModel(MixtureModel):
         )
         return new_params, (() if self.resets_optimizer else opt_state)
 
-    def init_params(self, key: jax.Array, X: jax.Array, sample_weight: jax.Array, method: str) -> Any:
-        """The model's own init(key, X); `method` and the weights do not apply."""
+    def init_params(
+        self, key: jax.Array, X: jax.Array, sample_weight: jax.Array, method: str, chunk_size: int | None = None
+    ) -> Any:
+        """The model's own init(key, X); `method`, the weights and chunk_size do not apply."""
         return self.init(key, X)
 
     def check_data(self, X: jax.Array) -> None:

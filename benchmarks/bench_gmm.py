@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import jaxem  # noqa: E402
 
 FULL = dict(n=100_000, d=16, k=16, restarts=4, iters=30, diag_d=32, repeats=5, sk_restarts=1,
-            scaling=dict(n=50_000, d=16, k=16, restarts=4, iters=10), gemm=2048, chunk=4096)
+            scaling=dict(n=50_000, d=16, k=16, restarts=4, iters=10), gemm=2048, chunk="auto")
 QUICK = dict(n=2_000, d=4, k=3, restarts=2, iters=5, diag_d=6, repeats=1, sk_restarts=1,
              scaling=dict(n=1_000, d=3, k=2, restarts=2, iters=3), gemm=256, chunk=512)
 
@@ -69,7 +69,7 @@ def per_restart_iteration(result: dict, restarts: int, iters: int, n: int, d: in
     return result
 
 
-def jaxem_fit(X: np.ndarray, k: int, covariance_type: str, restarts: int, iters: int, chunk: int):
+def jaxem_fit(X: np.ndarray, k: int, covariance_type: str, restarts: int, iters: int, chunk: int | str):
     model = jaxem.GaussianMixture(k, covariance_type=covariance_type)
     key = jax.random.key(0)
 
@@ -194,7 +194,7 @@ def measure_diag(cfg: dict) -> dict:
     return rows
 
 
-def measure_scaling(cfg: dict, chunk: int, repeats: int) -> list[dict]:
+def measure_scaling(cfg: dict, chunk: int | str, repeats: int) -> list[dict]:
     """ms per iteration (all restarts) as N, D, K and restarts double from a base case."""
     base = cfg["scaling"]
     cases = [("base", dict(base))] + [
@@ -209,12 +209,12 @@ def measure_scaling(cfg: dict, chunk: int, repeats: int) -> list[dict]:
     return rows
 
 
-def peak_rss_probe(n: int, d: int, k: int, restarts: int, iters: int, chunk: int) -> int:
+def peak_rss_probe(n: int, d: int, k: int, restarts: int, iters: int, chunk: int | str) -> int:
     """Peak RSS in bytes of a fresh process that only builds the data and runs one fit."""
     code = (
         "import sys, resource; sys.path.insert(0, sys.argv[1]);"
         "import benchmarks.bench_gmm as b;"
-        "n, d, k, r, it, c = map(int, sys.argv[2:]);"
+        "n, d, k, r, it = map(int, sys.argv[2:7]); c = sys.argv[7]; c = int(c) if c.isdigit() else c;"
         "b.jaxem_fit(b.blobs(n, d, k, 'float32'), k, 'full', r, it, c)();"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
@@ -242,12 +242,19 @@ def ratios(rows: dict, subject: str) -> dict:
     return {label: row["ms_per_restart_iter"] / mine for label, row in rows.items() if label != subject}
 
 
+def chunk_label(chunk: int | str, n: int) -> str:
+    """chunk_size as passed, with the rows "auto" resolves to for n samples."""
+    if chunk != "auto":
+        return str(chunk)
+    return f"auto = {jaxem.api.auto_chunk_size(jaxem.GaussianMixture(1), n)}"
+
+
 def markdown(report: dict) -> str:
     cfg = report["config"]
     gemm = report["gemm"]["reference_gflops"]
     lines = [
         f"Full covariance, N={cfg['n']}, D={cfg['d']}, K={cfg['k']}, {cfg['iters']} iterations "
-        f"(jaxem: {cfg['restarts']} vmapped restarts, chunk_size={cfg['chunk']}); "
+        f"(jaxem: {cfg['restarts']} vmapped restarts, chunk_size={chunk_label(cfg['chunk'], cfg['n'])}); "
         f"float32 GEMM in the same run: {gemm:.0f} GFLOP/s.",
         "",
         "| library | ms / restart-iteration | compile s | GFLOP/s | % of GEMM | jaxem float32 is x faster |",

@@ -92,6 +92,9 @@ class GaussianFactors(NamedTuple):
 
 # Up to this many features, full-covariance features are built one row pair at a time.
 PAIRWISE_MAX_FEATURES = 8
+# Up to this many features, precision Cholesky factors come from scalar formulas per entry
+# (`_inverse_cholesky_transposed`), not LAPACK calls.
+SCALAR_CHOLESKY_MAX_FEATURES = 8
 
 
 def _symmetric_index(n_features: int) -> np.ndarray:
@@ -177,7 +180,7 @@ class GaussianMixture(MixtureModel):
     def precisions_cholesky(self, params: GaussianMixtureParams) -> jax.Array:
         """Precision Cholesky factors, scikit-learn's `precisions_cholesky_` and shapes."""
         cov = params.covariances
-        if self.covariance_type in ("full", "tied") and cov.shape[-1] <= PAIRWISE_MAX_FEATURES:
+        if self.covariance_type in ("full", "tied") and cov.shape[-1] <= SCALAR_CHOLESKY_MAX_FEATURES:
             return _inverse_cholesky_transposed(cov)
         if self.covariance_type in ("full", "tied"):
             chol = jnp.linalg.cholesky(cov)

@@ -107,8 +107,9 @@ def _symmetric_index(n_features: int) -> np.ndarray:
 
 
 def _inverse_cholesky_transposed(cov: jax.Array) -> jax.Array:
-    """(L^-1)^T for cov = L L^T, cov: (..., D, D) positive definite; NaN entries where it
-    is not, as jnp.linalg.cholesky gives.
+    """(L^-1)^T for cov = L L^T, cov: (..., D, D). Where cov is not positive definite the
+    entries from the failing pivot on are NaN (jnp.linalg.cholesky makes all of them NaN);
+    either way that component's log-density and the fit's objective become NaN.
 
     Scalar formulas per entry (Cholesky-Banachiewicz, then forward substitution), for few
     features: XLA:CPU runs jnp.linalg.cholesky and the triangular solve as LAPACK calls,
@@ -135,7 +136,7 @@ def _moments(resp_t: jax.Array, features: jax.Array) -> jax.Array:
     """resp_t @ features.T, (K, n) x (n_phi, n) -> (K, n_phi).
 
     Up to UNROLL_COMPONENTS components as one matrix-vector product per component: XLA:CPU
-    runs a small GEMM contracting both operands' minor axes several times slower (200
+    runs a small GEMM contracting both operands' minor axes about twice as slowly (200
     problems, K = 2, n_phi = 6, N = 400: 324 -> 159 us; 16 of them: 10.0 -> 4.8 us).
     Vmapped restarts sharing the features turn each product back into such a GEMM: 200
     batched fits with 4 restarts each measured 2-5% slower than with the one GEMM.

@@ -47,10 +47,22 @@ def prepare(
             f"chunk_size is not supported by {type(model).__name__}: its E-step statistics are "
             "per-sample responsibilities, which chunks cannot sum. Fit without chunk_size."
         )
-    if chunk_size is None or chunk_size >= X.shape[0]:
-        return model.precompute(X), sample_weight
-    chunks = split_chunks(X, chunk_size, "edge")
-    return model.precompute_chunks(chunks), split_chunks(sample_weight, chunk_size, "zero")
+    if is_chunked(X.shape[0], chunk_size):
+        sample_weight = split_chunks(sample_weight, chunk_size, "zero")
+    return precompute(model, X, chunk_size), sample_weight
+
+
+def is_chunked(n_samples: int, chunk_size: int | None) -> bool:
+    """Whether `prepare` splits n_samples rows into chunks of chunk_size."""
+    return chunk_size is not None and chunk_size < n_samples
+
+
+def precompute(model: Any, X: jax.Array, chunk_size: int | None = None) -> Any:
+    """The data half of `prepare`: model.precompute(X), or model.precompute_chunks of
+    X's chunks (edge-padded; every leaf with a leading n_chunks axis) when chunked."""
+    if not is_chunked(X.shape[0], chunk_size):
+        return model.precompute(X)
+    return model.precompute_chunks(split_chunks(X, chunk_size, "edge"))
 
 
 def e_step_prepared(model: Any, params: Any, data: Any, weights: jax.Array) -> tuple[Any, jax.Array]:

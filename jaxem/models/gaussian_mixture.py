@@ -181,9 +181,9 @@ class GaussianMixture(MixtureModel):
     def precisions_cholesky(self, params: GaussianMixtureParams) -> jax.Array:
         """Precision Cholesky factors, scikit-learn's `precisions_cholesky_` and shapes."""
         cov = params.covariances
-        if self.covariance_type in ("full", "tied") and cov.shape[-1] <= SCALAR_CHOLESKY_MAX_FEATURES:
-            return _inverse_cholesky_transposed(cov)
         if self.covariance_type in ("full", "tied"):
+            if cov.shape[-1] <= SCALAR_CHOLESKY_MAX_FEATURES:
+                return _inverse_cholesky_transposed(cov)
             chol = jnp.linalg.cholesky(cov)
             eye = jnp.broadcast_to(jnp.eye(cov.shape[-1], dtype=cov.dtype), cov.shape)
             return jnp.swapaxes(solve_triangular(chol, eye, lower=True), -1, -2)
@@ -421,16 +421,16 @@ class GaussianMixture(MixtureModel):
         mean; one GEMM in the layout of the E-step's (a transposed operand measured 0.4 ms
         slower for 200 vmapped starts of N=400, D=2, K=2).
 
-        With chunk_size below n_samples the features are built chunk by chunk exactly as
-        `parallel.prepare` builds the EM loop's, so that XLA computes them once for both
+        With chunk_size below n_samples the features are built chunk by chunk by
+        `parallel.precompute`, as `parallel.prepare` builds the EM loop's, so that XLA
+        computes them once for both
         (N = 100k, D = 16, K = 16, 4 restarts: a second, unchunked copy cost ~25 ms of an
         ~860 ms fit), and the moments are one batched GEMM over chunks.
         """
-        if chunk_size is None or chunk_size >= X.shape[0]:
-            features = self.precompute(X)
+        features = parallel.precompute(self, X, chunk_size)
+        if not parallel.is_chunked(X.shape[0], chunk_size):
             moments, shift = _moments(resp_t, features.features), features.shift
         else:
-            features = self.precompute_chunks(parallel.split_chunks(X, chunk_size, "edge"))
             resp_chunks = parallel.split_chunks(resp_t.T, chunk_size, "zero")  # (n_chunks, chunk, K)
             moments = jnp.sum(jnp.einsum("cnk,cpn->ckp", resp_chunks, features.features), axis=0)
             shift = features.shift[0]

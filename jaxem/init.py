@@ -28,11 +28,6 @@ def squared_distance_to(X: jax.Array, point: jax.Array) -> jax.Array:
     return jnp.sum((X - point) ** 2, axis=1)
 
 
-def squared_distances(X: jax.Array, centers: jax.Array) -> jax.Array:
-    """Squared Euclidean distances, (n_centers, n_samples), without expanding the square."""
-    if len(centers) <= UNROLL_AXIS:
-        return jnp.stack([squared_distance_to(X, center) for center in centers])
-    return jnp.sum((X[None, :, :] - centers[:, None, :]) ** 2, axis=-1)
 
 
 def weighted_choice(key: jax.Array, weights: jax.Array) -> jax.Array:
@@ -90,13 +85,29 @@ def random_from_data_centers(
     return X[index]
 
 
+def distance_ranks(X: jax.Array, centers: jax.Array) -> jax.Array:
+    """||x_n - c_k||^2 up to a per-point constant, by one GEMM: (n_centers, n_samples).
+
+    With y = x - x_0 and b_k = c_k - x_0, ||x - c_k||^2 = ||y||^2 + (||b_k||^2 - 2 b_k . y);
+    the bracket orders centers as the distances do. Centring on the first data point keeps
+    float32 cancellation at the scale of the data's spread, and does not depend on the
+    centers, so vmapped restarts share y. XLA:CPU runs the direct sum over features slowly
+    (a short-axis reduction, see UNROLL_AXIS): 4 random_from_data starts of N = 100k,
+    D = 16, K = 16 spent 26 ms on it, 6 ms on the GEMM.
+    """
+    offsets = centers - X[0]
+    return jnp.sum(offsets * offsets, axis=1)[:, None] - 2.0 * (offsets @ (X - X[0]).T)
+
+
 def hard_responsibilities(X: jax.Array, centers: jax.Array) -> jax.Array:
     """One-hot responsibilities (n_centers, n_samples) assigning each point its nearest
-    center (the first of equally near ones)."""
-    distances = squared_distances(X, centers)
+    center (the first of equally near ones; for more than UNROLL_AXIS centers, nearest up
+    to float rounding of `distance_ranks`)."""
     if len(centers) > UNROLL_AXIS:
-        return (jnp.arange(len(centers))[:, None] == jnp.argmin(distances, axis=0)).astype(X.dtype)
-    nearest = functools.reduce(jnp.minimum, list(distances))
+        nearest = jnp.argmin(distance_ranks(X, centers), axis=0)
+        return (jnp.arange(len(centers))[:, None] == nearest).astype(X.dtype)
+    distances = [squared_distance_to(X, center) for center in centers]
+    nearest = functools.reduce(jnp.minimum, distances)
     taken = jnp.zeros(X.shape[0], bool)
     rows = []
     for distance in distances:

@@ -3,8 +3,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from jaxem.init import kmeans_plusplus_centers, weighted_choice
+from jaxem.init import hard_responsibilities, kmeans_plusplus_centers, weighted_choice
 
 
 def test_weighted_choice_draws_in_proportion_to_weight_and_never_a_zero_weight():
@@ -38,3 +39,20 @@ def test_kmeans_plusplus_seeds_one_center_per_well_separated_cluster():
     # D^2 sampling picks a far cluster with probability > 1 - 1e-3 at each step.
     clusters = np.argmin(np.linalg.norm(centers[:, :, None, :] - offsets[None, None], axis=-1), axis=-1)
     assert all(sorted(c) == [0, 1, 2] for c in clusters)
+
+
+@pytest.mark.parametrize("n_centers, n_features", [(3, 2), (12, 5), (16, 16)])
+def test_hard_responsibilities_assign_each_point_its_nearest_center_far_from_the_origin(n_centers, n_features):
+    """float32 data 1000 away from the origin: the assignment by one GEMM (more than
+    UNROLL_AXIS centers) must centre before expanding the square, or rounding of the
+    expanded terms (~2 for D = 16) swamps the distance gaps."""
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(3000, n_features)) + 1e3).astype(np.float32)
+    centers = X[rng.choice(len(X), n_centers, replace=False)]
+    resp = np.asarray(hard_responsibilities(jnp.asarray(X), jnp.asarray(centers)))
+    distances = ((X.astype(np.float64)[:, None, :] - centers.astype(np.float64)[None]) ** 2).sum(-1)
+    gaps = np.diff(np.sort(distances, axis=1)[:, :2], axis=1)[:, 0]
+    clear = gaps > 1e-3  # points not (nearly) equidistant from their two nearest centers
+    assert clear.mean() > 0.99
+    np.testing.assert_array_equal(resp.sum(axis=0), 1.0)
+    np.testing.assert_array_equal(resp.argmax(axis=0)[clear], distances.argmin(axis=1)[clear])

@@ -78,15 +78,20 @@ def e_step_prepared(model: Any, params: Any, data: Any, weights: jax.Array) -> t
     # runtime runs side by side: two of them at once deadlocked XLA:CPU's 2-thread pool
     # (jaxlib 0.10.2, batched triangular solves of a Gaussian mixture, N=100k).
     params = model.e_step_params(params)
-    first = jax.tree.map(lambda leaf: leaf[0], (data, weights))
-    zero = jax.tree.map(
-        lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(model.e_step, params, *first)
-    )
+    return sum_over_chunks(lambda chunk, weight: model.e_step(params, chunk, weight), (data, weights))
+
+
+def sum_over_chunks(fn: Any, chunks: Any) -> Any:
+    """sum_c fn(*chunks_c): fn's pytree output summed over the leading (chunk) axis that
+    every leaf of the tuple `chunks` has, by a scan running `scan_unroll` chunks per step."""
+    first = jax.tree.map(lambda leaf: leaf[0], chunks)
+    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, *first))
 
     def add_chunk(total, chunk):
-        return tree_add(total, model.e_step(params, *chunk)), None
+        return tree_add(total, fn(*chunk)), None
 
-    total, _ = jax.lax.scan(add_chunk, zero, (data, weights), unroll=scan_unroll(weights.shape[0]))
+    n_chunks = jax.tree.leaves(chunks)[0].shape[0]
+    total, _ = jax.lax.scan(add_chunk, zero, chunks, unroll=scan_unroll(n_chunks))
     return total
 
 

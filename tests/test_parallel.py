@@ -10,9 +10,9 @@ from jaxem import parallel
 from jaxem.models.gaussian_mixture import COVARIANCE_TYPES
 
 
-def data_and_params(covariance_type):
+def data_and_params(covariance_type, n_features=3):
     rng = np.random.default_rng(0)
-    X = jnp.asarray(rng.normal(size=(203, 3)) + rng.integers(3, size=(203, 1)) * 4.0)
+    X = jnp.asarray(rng.normal(size=(203, n_features)) + rng.integers(3, size=(203, 1)) * 4.0)
     w = jnp.asarray(rng.uniform(0.5, 2.0, X.shape[0]))
     model = jaxem.GaussianMixture(3, covariance_type=covariance_type)
     params = model.init_params(jax.random.key(0), X, w, "random_from_data")
@@ -20,11 +20,14 @@ def data_and_params(covariance_type):
 
 
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-# 7, 5, 3, 4 and 1 chunks: scan steps of 1, 5, 3, 2 chunks (parallel.scan_unroll) and one pass.
-@pytest.mark.parametrize("chunk_size", [29, 50, 70, 64, 203])
-@pytest.mark.parametrize("use_jit", [False, True])
-def test_chunked_e_step_equals_one_pass(covariance_type, chunk_size, use_jit):
-    model, params, X, w = data_and_params(covariance_type)
+# 7, 5, 3, 4 and 1 chunks: scan steps of 1, 5, 3, 2 chunks (parallel.scan_unroll) and one pass;
+# 10 features: full-covariance features from gathered rows rather than row pairs.
+@pytest.mark.parametrize(
+    "chunk_size, use_jit, n_features",
+    [(c, j, 3) for c in (29, 50, 70, 64, 203) for j in (False, True)] + [(29, True, 10), (203, True, 10)],
+)
+def test_chunked_e_step_equals_one_pass(covariance_type, chunk_size, use_jit, n_features):
+    model, params, X, w = data_and_params(covariance_type, n_features)
     e_step = jax.jit(parallel.e_step, static_argnums=(0, 4)) if use_jit else parallel.e_step
     chunked_stats, chunked_ll = e_step(model, params, X, w, chunk_size)
     # Reference: the exact difference form of the log densities, and centred sums.

@@ -3,8 +3,9 @@
 Statistics are additive over data points, so the E-step over the whole data set is the
 tree-sum of E-steps over chunks. Scanning over chunks bounds the memory of intermediates
 (for a Gaussian mixture the (chunk, K) log densities) at no change in the result beyond
-summation order. A model's `precompute` (fixed features of the data) runs once per fit,
-chunk by chunk, in `prepare`; the EM loop then calls `e_step_prepared` every iteration.
+summation order. A model's `precompute` (fixed features of the data) or, for chunks,
+`precompute_chunks` (which may keep a compact form that each chunk's E-step expands) runs
+once per fit in `prepare`; the EM loop then calls `e_step_prepared` every iteration.
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ Numerics, matching scikit-learn's GaussianMixture update for update:
     E-step keeps samples on the minor axis throughout (log_joint^T = W^T phi, softmax over
     components, moments = resp^T phi^T): with restarts batched in, the softmax vectorises
     over samples and no (n, R K) intermediate is transposed, 20-25% faster per iteration on
-    CPU than the sample-major layout (N = 100k, D = 16, K = 16, 4 restarts);
+    CPU than the sample-major layout (N = 100k, D = 16, K = 16, 4 restarts). A chunked
+    fit keeps only the centred rows [y, 1] (`CentredRows`) and each chunk's E-step expands
+    its own features, which costs less than reading them back from a stored array;
   * second moments are centred on the previous means c_k: the statistics are
     n_k = sum r, s_k = sum r (x - c_k), S_k = sum r (x - c_k)(x - c_k)^T, which stay additive
     over data points, and the M-step forms Sigma_k = S_k / n_k - d d^T with d = s_k / n_k,
@@ -63,8 +65,7 @@ class GaussianFeatures(NamedTuple):
     features: (n_phi, n_samples), feature-major: with y = x - shift and e = [y, 1], the
       upper triangle of e e^T in np.triu_indices order for full and tied covariances
       (n_phi = (D + 1) (D + 2) / 2), rows [y^2, y, 1] otherwise (n_phi = 2 D + 1).
-    shift: (D,) the data mean the features are centred on ((n_chunks, D) for chunked
-      features, equal rows).
+    shift: (D,) the data mean the features are centred on.
     """
 
     features: jax.Array

@@ -13,6 +13,7 @@ from jaxem.accel import ACCELERATIONS
 from jaxem.core import CRITERIA, DIFF_MODES, FitResult
 from jaxem.implicit import ADJOINT_SOLVERS
 from jaxem.init import INIT_METHODS
+from jaxem.precision import full_precision
 from jaxem.restarts import run_restarts, select_best
 
 
@@ -138,6 +139,19 @@ def fit(
     ),
 )
 def _fit(
+    model, X, sample_weight, key, start, tol, *,
+    n_restarts, max_iter, criterion, init_method, chunk_size, accelerate, diff, adjoint, vmap_slots,
+):
+    # Every matrix product of the fit at full float32 precision on GPUs/TPUs (jaxem.precision).
+    with full_precision():
+        return _fit_traced(
+            model, X, sample_weight, key, start, tol,
+            n_restarts=n_restarts, max_iter=max_iter, criterion=criterion, init_method=init_method,
+            chunk_size=chunk_size, accelerate=accelerate, diff=diff, adjoint=adjoint, vmap_slots=vmap_slots,
+        )
+
+
+def _fit_traced(
     model, X, sample_weight, key, start, tol, *,
     n_restarts, max_iter, criterion, init_method, chunk_size, accelerate, diff, adjoint, vmap_slots,
 ):

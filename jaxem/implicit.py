@@ -40,6 +40,8 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jax.scipy.sparse import linalg as sparse_linalg
 
+from jaxem.precision import full_precision
+
 ADJOINT_SOLVERS = ("auto", "dense", "fixed_point", "gmres", "bicgstab")
 
 # "auto" solves densely up to this many parameters, with a Krylov solver above it.
@@ -173,11 +175,18 @@ def custom_fixed_point(
         def solved(init, *args):
             return solve(init, *args)
 
+        # JAX traces both rules lazily, when it differentiates, outside the fit's own
+        # full_precision() context; each enters it again.
         def forward(init, *args):
-            solution, aux = solve(init, *args)
+            with full_precision():
+                solution, aux = solve(init, *args)
             return (solution, aux), (solution, aux, args)
 
         def backward(residuals, cotangents):
+            with full_precision():
+                return _backward(residuals, cotangents)
+
+        def _backward(residuals, cotangents):
             solution, aux, args = residuals
             v = cotangents[0]
             _, vjp = jax.vjp(lambda theta, *a: fixed_point_map(theta, aux, *a), solution, *args)

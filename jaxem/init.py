@@ -28,8 +28,6 @@ def squared_distance_to(X: jax.Array, point: jax.Array) -> jax.Array:
     return jnp.sum((X - point) ** 2, axis=1)
 
 
-
-
 def weighted_choice(key: jax.Array, weights: jax.Array) -> jax.Array:
     """One index drawn with probability weights / sum(weights), weights: (n,) >= 0.
 

@@ -301,8 +301,11 @@ class GaussianMixture(MixtureModel):
         resp_t, log_lik = weighted_posterior(log_joint_t, sample_weight, axis=0)
         return self._statistics_from_resp_t(params, features, resp_t), log_lik
 
-    def log_joint(self, params: GaussianMixtureParams, X: jax.Array | GaussianFeatures) -> jax.Array:
-        """log p(x, z=k): (n_samples, K); one GEMM when X is `precompute` features."""
+    def log_joint(
+        self, params: GaussianMixtureParams, X: jax.Array | GaussianFeatures | CentredRows
+    ) -> jax.Array:
+        """log p(x, z=k): (n_samples, K); one GEMM when X is `precompute` features (or
+        `CentredRows` of one chunk)."""
         if isinstance(X, (GaussianFeatures, CentredRows)):
             features = self._as_features(X)
             return (self._log_joint_coefficients(params, features.shift).T @ features.features).T

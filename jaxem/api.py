@@ -144,25 +144,14 @@ def _fit(
 ):
     # Every matrix product of the fit at full float32 precision on GPUs/TPUs (jaxem.precision).
     with full_precision():
-        return _fit_traced(
-            model, X, sample_weight, key, start, tol,
-            n_restarts=n_restarts, max_iter=max_iter, criterion=criterion, init_method=init_method,
-            chunk_size=chunk_size, accelerate=accelerate, diff=diff, adjoint=adjoint, vmap_slots=vmap_slots,
+        if start is None:
+            keys = jax.random.split(key, n_restarts)
+            init_params = jax.vmap(lambda k: model.init_params(k, X, sample_weight, init_method, chunk_size))(keys)
+        else:
+            init_params = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (n_restarts,) + leaf.shape), start)
+        restarts = run_restarts(
+            model, init_params, X, sample_weight,
+            max_iter=max_iter, tol=tol, criterion=criterion, chunk_size=chunk_size,
+            accelerate=accelerate, diff=diff, adjoint=adjoint, vmap_slots=vmap_slots,
         )
-
-
-def _fit_traced(
-    model, X, sample_weight, key, start, tol, *,
-    n_restarts, max_iter, criterion, init_method, chunk_size, accelerate, diff, adjoint, vmap_slots,
-):
-    if start is None:
-        keys = jax.random.split(key, n_restarts)
-        init_params = jax.vmap(lambda k: model.init_params(k, X, sample_weight, init_method, chunk_size))(keys)
-    else:
-        init_params = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (n_restarts,) + leaf.shape), start)
-    restarts = run_restarts(
-        model, init_params, X, sample_weight,
-        max_iter=max_iter, tol=tol, criterion=criterion, chunk_size=chunk_size,
-        accelerate=accelerate, diff=diff, adjoint=adjoint, vmap_slots=vmap_slots,
-    )
-    return select_best(restarts)
+        return select_best(restarts)

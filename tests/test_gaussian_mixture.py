@@ -169,7 +169,7 @@ def test_empty_component_stays_finite():
 
 
 def ten_features(seed=0):
-    """(300, 10): more features than PAIRWISE_MAX_FEATURES, so features are built in a loop over rows."""
+    """(300, 10): more features than PAIRWISE_MAX_FEATURES, so features are gathered row pairs."""
     rng = np.random.default_rng(seed)
     return rng.normal(size=(300, 10)) @ rng.normal(size=(10, 10)) + rng.normal(scale=3.0, size=10)
 
@@ -178,7 +178,7 @@ def ten_features(seed=0):
 @pytest.mark.parametrize("use_jit", [False, True])
 @pytest.mark.parametrize("dataset", ["faithful", "ten_features"])
 def test_feature_gemm_log_joint_equals_difference_form(covariance_type, use_jit, dataset):
-    # Old Faithful (D=2) builds features pair by pair, ten features (D=10) in a loop over rows.
+    # Old Faithful (D=2) builds features pair by pair, ten features (D=10) from gathered row pairs.
     assert 2 <= PAIRWISE_MAX_FEATURES < 10
     X = jnp.asarray(DATASETS["faithful"]() if dataset == "faithful" else ten_features())
     model = jaxem.GaussianMixture(3, covariance_type=covariance_type)

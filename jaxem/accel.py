@@ -3,7 +3,7 @@
 EM converges linearly, at a rate set by the fraction of missing information, so near the
 maximum of a poorly separated model it crawls (EM_NOTES: "switch to, or accelerate with,
 another optimiser there"). Both remedies here are drop-ins for `jaxem.core.run_em`: same
-signature, same FitResult, no host synchronisation (only `lax.while_loop`s), so
+signature (a jaxem.config.FitConfig), same FitResult, no host synchronisation (only `lax.while_loop`s), so
 `jaxem.restarts` vmaps them. Both move in the unconstrained coordinates of
 `jaxem.constraints`, so every point they try is a valid parameter of any model that
 declares `param_constraints(params)`.
@@ -26,12 +26,27 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxem import implicit, parallel
+from jaxem import implicit, parallel, units
+from jaxem.config import FitConfig
 from jaxem.constraints import from_unconstrained, to_unconstrained
-from jaxem.core import Method, Status, all_finite, count_decreases, em_update, is_done, next_status, objective, tree_where
-from jaxem.core import FitResult
-
-ACCELERATIONS = (None, "squarem", "quasi_newton")
+from jaxem.core import (
+    EMData,
+    EMState,
+    FitResult,
+    Method,
+    Status,
+    all_finite,
+    as_config,
+    em_iteration,
+    em_update,
+    fit_result,
+    is_done,
+    is_running,
+    next_status,
+    objective,
+    start_state,
+    tree_where,
+)
 
 # Step-length control of the SQUAREM R package (Varadhan & Roland 2008; step.max0 = 1,
 # mstep = 4): steps start as plain EM (bound 1) and the bound grows by STEP_GROWTH each
@@ -134,13 +149,12 @@ class SquaremState(NamedTuple):
 def run_squarem(
     model: Any,
     init_params: Any,
-    X: jax.Array,
+    data: Any,
     sample_weight: jax.Array,
     *,
-    max_iter: int,
     tol: Any,
-    criterion: str = "loglik",
-    chunk_size: int | None = None,
+    config: FitConfig | None = None,
+    **options,
 ) -> FitResult:
     """SQUAREM-accelerated EM from `init_params`; the objective never decreases.
 
@@ -160,12 +174,14 @@ def run_squarem(
       FitResult; method is SQUAREM when the last accepted iterate was extrapolated, EM when
       it was a plain EM step.
     """
-    dtype = X.dtype
+    config = as_config(config, options)
+    max_iter = config.max_iter
+    dtype = units.float_dtype(data)
     tol = jnp.asarray(tol, dtype)
     constraints = model.param_constraints(init_params)
     # Fixed features of the data (model.precompute), built once, outside the loop.
-    prepared = parallel.prepare(model, X, sample_weight, chunk_size)
-    step = lambda params, m_state: em_update(model, params, m_state, X, sample_weight, chunk_size, prepared)
+    prepared = parallel.prepare(model, data, sample_weight, config.chunk_size)
+    step = lambda params, m_state: em_update(model, params, m_state, data, sample_weight, config.chunk_size, prepared)
 
     def body(state: SquaremState) -> SquaremState:
         em_value, twice_mapped, twice_m_state = step(state.mapped, state.m_state)
@@ -178,7 +194,7 @@ def run_squarem(
         new_value = jnp.where(accepted, value, em_value)
         finite = jnp.isfinite(em_value) & all_finite(twice_mapped)
         n_iter = state.n_iter + 1
-        done = is_done(criterion, new_value, state.value, new_params, state.params, tol)
+        done = is_done(config.criterion, new_value, state.value, new_params, state.params, tol)
         keep = lambda new, old: tree_where(finite, new, old)
         return SquaremState(
             params=keep(new_params, state.params),
@@ -205,36 +221,21 @@ def run_squarem(
         status=next_status(jnp.isfinite(value) & all_finite(mapped), jnp.asarray(False), n_iter, max_iter),
         trace=jnp.full((max_iter,), jnp.nan, dtype),
     )
-    final = jax.lax.while_loop(lambda s: s.status == Status.RUNNING, body, start)
-    return FitResult(
-        params=final.params,
-        log_likelihood=final.value,
-        n_iter=final.n_iter,
-        converged=final.status == Status.CONVERGED,
-        status=final.status,
-        trace=final.trace,
-        n_decreases=count_decreases(final.trace),
-        n_evals=1 + 2 * final.n_iter,
-        method=jnp.where(final.extrapolated, Method.SQUAREM, Method.EM).astype(jnp.int32),
+    final = jax.lax.while_loop(is_running, body, start)
+    return fit_result(
+        final.params, final.value, n_iter=final.n_iter, status=final.status, trace=final.trace,
+        n_evals=1 + 2 * final.n_iter, method=jnp.where(final.extrapolated, Method.SQUAREM, Method.EM),
     )
 
 
 # --- EM, then quasi-Newton ------------------------------------------------------------------------
 class EMPhaseState(NamedTuple):
-    """Carry of the EM phase: as jaxem.core.EMState, plus the last gain and a stall flag.
+    """Carry of the EM phase: plain EM's state, the last gain, a stall flag and evaluations."""
 
-    value: objective at the params entering the last iteration (-inf before the first).
-    """
-
-    params: Any
-    m_state: Any
-    value: jax.Array
+    em: EMState
     gain: jax.Array
     stalled: jax.Array
-    n_iter: jax.Array
     n_evals: jax.Array
-    status: jax.Array
-    trace: jax.Array
 
 
 class LbfgsPhaseState(NamedTuple):
@@ -255,38 +256,21 @@ class LbfgsPhaseState(NamedTuple):
     trace: jax.Array
 
 
-def run_em_phase(model, state: EMPhaseState, X, sample_weight, *, max_iter, tol, criterion, chunk_size, prepared, switch):
-    """EM iterations from `state` until a stopping rule holds or, when `switch`, EM stalls.
-
-    prepared: `parallel.prepare(model, X, sample_weight, chunk_size)`, built once per fit.
+def run_em_phase(state: EMPhaseState, em_data: EMData, config: FitConfig, *, switch: bool) -> EMPhaseState:
+    """EM iterations (jaxem.core.em_iteration) from `state` until a stopping rule holds or,
+    when `switch`, EM stalls.
 
     EM has stalled once, after MIN_EM_ITER iterations, its gain per iteration shrinks by a
     factor above STALL_RATE: it is in slow linear convergence. Stopping rules as run_em.
     """
 
     def body(state: EMPhaseState) -> EMPhaseState:
-        value, new_params, new_m_state = em_update(
-            model, state.params, state.m_state, X, sample_weight, chunk_size, prepared
-        )
-        finite = jnp.isfinite(value) & all_finite(new_params)
-        gain = value - state.value
-        n_iter = state.n_iter + 1
-        done = is_done(criterion, value, state.value, new_params, state.params, tol)
-        stalled = switch & (n_iter >= MIN_EM_ITER) & (gain > 0) & (gain >= STALL_RATE * state.gain)
-        keep = lambda new, old: tree_where(finite, new, old)
-        return EMPhaseState(
-            params=keep(new_params, state.params),
-            m_state=keep(new_m_state, state.m_state),
-            value=value,
-            gain=gain,
-            stalled=stalled,
-            n_iter=n_iter,
-            n_evals=state.n_evals + 1,
-            status=next_status(finite, done, n_iter, max_iter),
-            trace=state.trace.at[state.n_iter].set(value),
-        )
+        em = em_iteration(state.em, em_data, config)
+        gain = em.objective - state.em.objective
+        stalled = switch & (em.n_iter >= MIN_EM_ITER) & (gain > 0) & (gain >= STALL_RATE * state.gain)
+        return EMPhaseState(em=em, gain=gain, stalled=stalled, n_evals=state.n_evals + 1)
 
-    return jax.lax.while_loop(lambda s: (s.status == Status.RUNNING) & ~s.stalled, body, state)
+    return jax.lax.while_loop(lambda s: is_running(s.em) & ~s.stalled, body, state)
 
 
 def run_lbfgs_phase(loss_fn, state: LbfgsPhaseState, *, max_iter, tol, criterion, to_params):
@@ -334,13 +318,12 @@ def run_lbfgs_phase(loss_fn, state: LbfgsPhaseState, *, max_iter, tol, criterion
 def run_quasi_newton(
     model: Any,
     init_params: Any,
-    X: jax.Array,
+    data: Any,
     sample_weight: jax.Array,
     *,
-    max_iter: int,
     tol: Any,
-    criterion: str = "loglik",
-    chunk_size: int | None = None,
+    config: FitConfig | None = None,
+    **options,
 ) -> FitResult:
     """EM until it stalls, then L-BFGS on the negative objective; EM again if L-BFGS fails.
 
@@ -357,64 +340,51 @@ def run_quasi_newton(
     Returns:
       FitResult; method is QUASI_NEWTON when L-BFGS finished the run, else EM.
     """
-    dtype = X.dtype
+    config = as_config(config, options)
+    dtype = units.float_dtype(data)
     tol = jnp.asarray(tol, dtype)
     constraints = model.param_constraints(init_params)
     to_params = lambda u: from_unconstrained(constraints, u)
-    prepared = parallel.prepare(model, X, sample_weight, chunk_size)
-    loss_fn = lambda u: -objective(model, to_params(u), X, sample_weight, chunk_size, prepared)[0]
-    options = dict(max_iter=max_iter, tol=tol, criterion=criterion)
-    em_phase = lambda state, switch: run_em_phase(
-        model, state, X, sample_weight, chunk_size=chunk_size, prepared=prepared, switch=switch, **options
-    )
+    prepared = parallel.prepare(model, data, sample_weight, config.chunk_size)
+    loss_fn = lambda u: -objective(model, to_params(u), data, sample_weight, config.chunk_size, prepared)[0]
+    em_data = EMData(model, data, sample_weight, prepared, tol)
 
     zero = jnp.zeros((), jnp.int32)
-    first = em_phase(
-        EMPhaseState(
-            params=init_params, m_state=model.init_m_state(init_params), value=jnp.asarray(-jnp.inf, dtype),
-            gain=jnp.asarray(jnp.inf, dtype), stalled=jnp.asarray(False), n_iter=zero, n_evals=zero,
-            status=jnp.asarray(Status.RUNNING, jnp.int32), trace=jnp.full((max_iter,), jnp.nan, dtype),
-        ),
-        switch=True,
+    start = start_state(init_params, model.init_m_state(init_params), dtype, config.max_iter)
+    first = run_em_phase(
+        EMPhaseState(em=start, gain=jnp.asarray(jnp.inf, dtype), stalled=jnp.asarray(False), n_evals=zero),
+        em_data, config, switch=True,
     )
 
-    def start_lbfgs(em: EMPhaseState) -> LbfgsPhaseState:
-        u = to_unconstrained(constraints, em.params)
+    def start_lbfgs(phase: EMPhaseState) -> LbfgsPhaseState:
+        u = to_unconstrained(constraints, phase.em.params)
         loss, grad = jax.value_and_grad(loss_fn)(u)
         return LbfgsPhaseState(
             u=u, loss=loss, grad=grad, opt_state=None, failed=~(jnp.isfinite(loss) & all_finite(grad)),
-            n_iter=em.n_iter, n_evals=em.n_evals + 1, status=em.status, trace=em.trace,
+            n_iter=phase.em.n_iter, n_evals=phase.n_evals + 1, status=phase.em.status, trace=phase.em.trace,
         )
 
     # value_and_grad runs for every restart under vmap; it is counted only where used.
-    switched = first.status == Status.RUNNING
-    lbfgs = run_lbfgs_phase(loss_fn, start_lbfgs(first), to_params=to_params, **options)
+    switched = first.em.status == Status.RUNNING
+    lbfgs = run_lbfgs_phase(
+        loss_fn, start_lbfgs(first), to_params=to_params, max_iter=config.max_iter, tol=tol, criterion=config.criterion
+    )
     lbfgs = lbfgs._replace(n_evals=jnp.where(switched, lbfgs.n_evals, first.n_evals))
-    lbfgs_params = tree_where(switched, to_params(lbfgs.u), first.params)
-    last = em_phase(
-        first._replace(
-            params=lbfgs_params, value=jnp.asarray(-jnp.inf, dtype), stalled=jnp.asarray(False), n_iter=lbfgs.n_iter,
-            n_evals=lbfgs.n_evals, status=lbfgs.status, trace=lbfgs.trace,
-        ),
-        switch=False,
+    lbfgs_params = tree_where(switched, to_params(lbfgs.u), first.em.params)
+    restart = first.em._replace(
+        params=lbfgs_params, objective=jnp.asarray(-jnp.inf, dtype), n_iter=lbfgs.n_iter,
+        status=lbfgs.status, trace=lbfgs.trace,
     )
-    final_value, _ = objective(model, last.params, X, sample_weight, chunk_size, prepared)
-    status = jnp.where(jnp.isfinite(final_value), last.status, Status.NON_FINITE).astype(jnp.int32)
+    last = run_em_phase(first._replace(em=restart, stalled=jnp.asarray(False), n_evals=lbfgs.n_evals), em_data, config, switch=False)
+    final_value, _ = objective(model, last.em.params, data, sample_weight, config.chunk_size, prepared)
     finished_by_lbfgs = switched & ~lbfgs.failed
-    return FitResult(
-        params=last.params,
-        log_likelihood=final_value,
-        n_iter=last.n_iter,
-        converged=status == Status.CONVERGED,
-        status=status,
-        trace=last.trace,
-        n_decreases=count_decreases(last.trace),
-        n_evals=last.n_evals + 1,
-        method=jnp.where(finished_by_lbfgs, Method.QUASI_NEWTON, Method.EM).astype(jnp.int32),
+    return fit_result(
+        last.em.params, final_value, n_iter=last.em.n_iter, status=last.em.status, trace=last.em.trace,
+        n_evals=last.n_evals + 1, method=jnp.where(finished_by_lbfgs, Method.QUASI_NEWTON, Method.EM),
     )
 
 
-def through_fixed_point(runner, *, adjoint: str, max_iter: int, chunk_size: int | None = None):
+def through_fixed_point(runner):
     """Give an accelerated runner implicit reverse-mode gradients.
 
     SQUAREM and quasi-Newton end at a fixed point of the plain EM map T, the same one
@@ -424,19 +394,20 @@ def through_fixed_point(runner, *, adjoint: str, max_iter: int, chunk_size: int 
     solve so that it is differentiable.
     """
 
-    def run(model, init_params, X, sample_weight, *, tol, **options):
-        def solve(init, model, X, sample_weight, tol):
-            result = runner(
-                model, init, X, sample_weight, tol=tol, max_iter=max_iter, chunk_size=chunk_size, **options
-            )
+    def run(model, init_params, data, sample_weight, *, tol, config: FitConfig):
+        def solve(init, model, data, sample_weight, tol):
+            result = runner(model, init, data, sample_weight, tol=tol, config=config)
             return result.params, result._replace(params=None)
 
-        def em_map(params, aux, model, X, sample_weight, tol):
-            return em_update(model, params, model.init_m_state(params), X, sample_weight, chunk_size)[1]
+        def em_map(params, aux, model, data, sample_weight, tol):
+            return em_update(model, params, model.init_m_state(params), data, sample_weight, config.chunk_size)[1]
 
-        solve = implicit.custom_fixed_point(em_map, solver=adjoint, max_iter=max_iter)(solve)
-        params, result = solve(init_params, model, X, sample_weight, tol)
-        log_likelihood, _ = objective(model, params, X, sample_weight, chunk_size)
+        solve = implicit.custom_fixed_point(em_map, solver=config.adjoint, max_iter=config.max_iter)(solve)
+        params, result = solve(init_params, model, data, sample_weight, tol)
+        log_likelihood, _ = objective(model, params, data, sample_weight, config.chunk_size)
         return result._replace(params=params, log_likelihood=log_likelihood)
 
     return run
+
+
+RUNNERS = {"squarem": run_squarem, "quasi_newton": run_quasi_newton}

@@ -8,31 +8,29 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxem import validation
-from jaxem.accel import ACCELERATIONS
-from jaxem.core import CRITERIA, DIFF_MODES, FitResult
-from jaxem.implicit import ADJOINT_SOLVERS
+from jaxem import units, validation
+from jaxem.config import FitConfig
+from jaxem.core import FitResult
 from jaxem.init import INIT_METHODS
 from jaxem.precision import full_precision
+from jaxem.protocol import check_model
 from jaxem.restarts import run_restarts, select_best
 
 
 AUTO_CHUNK_SIZE = 10_000
 
 
-def auto_chunk_size(model: Any, n_samples: int) -> int | None:
-    """Rows per E-step chunk for large data sets of models whose statistics add up over
+def auto_chunk_size(model: Any, n_units: int) -> int | None:
+    """Units per E-step chunk for large data sets of models whose statistics add up over
     chunks: at most AUTO_CHUNK_SIZE, in an even number of near-equal chunks, so that
-    `parallel.scan_unroll` pairs them, one chunk per core of the 2-core benchmark machine.
-    Measured there (full covariance, N = 100k, D = 16, K = 16, 4 restarts, 30 iterations,
-    float32, medians of 5): 10 chunks of 10000 rows 862 ms per fit, 20 of 5000 864 ms,
-    25 of 4096 900 ms, 13 of 8192 1057 ms, one pass 1011 ms. None (one pass) for data
-    sets of at most twice AUTO_CHUNK_SIZE rows and for non-additive models."""
-    if not getattr(model, "additive_statistics", True) or n_samples <= 2 * AUTO_CHUNK_SIZE:
+    `parallel.scan_unroll` pairs them, one chunk per core of a 2-core CPU (measured in
+    benchmarks/bench_gmm.py; README "Performance"). None (one pass) for data sets of at
+    most twice AUTO_CHUNK_SIZE units and for non-additive models."""
+    if not model.additive_statistics or n_units <= 2 * AUTO_CHUNK_SIZE:
         return None
-    n_chunks = -(-n_samples // AUTO_CHUNK_SIZE)
+    n_chunks = -(-n_units // AUTO_CHUNK_SIZE)
     n_chunks += n_chunks % 2
-    return -(-n_samples // n_chunks)
+    return -(-n_units // n_chunks)
 
 
 def fit(
@@ -97,61 +95,31 @@ def fit(
     Raises:
       ValueError: on invalid data, weights or options, before anything is compiled.
     """
-    n_restarts = validation.check_positive_int(n_restarts, "n_restarts")
-    max_iter = validation.check_positive_int(max_iter, "max_iter")
-    tol = validation.check_non_negative(tol, "tol")
-    criterion = validation.check_choice(criterion, "criterion", CRITERIA)
-    accelerate = validation.check_choice(accelerate, "accelerate", ACCELERATIONS)
-    diff = validation.check_choice(diff, "diff", DIFF_MODES)
-    adjoint = validation.check_choice(adjoint, "adjoint", ADJOINT_SOLVERS)
-    if not (vmap_slots is None or vmap_slots == "auto"):
-        vmap_slots = validation.check_positive_int(vmap_slots, 'vmap_slots (or "auto", None)')
-    if accelerate is not None and diff == "unroll":
-        raise ValueError(
-            'diff="unroll" differentiates plain EM iterations; with accelerate use '
-            'diff="implicit" (the same fixed point) or None.'
-        )
-    X = validation.as_data(X)
-    if chunk_size == "auto":
-        chunk_size = auto_chunk_size(model, X.shape[0])
-    elif chunk_size is not None:
-        chunk_size = validation.check_positive_int(chunk_size, "chunk_size")
-    model.check_data(X)
-    sample_weight = validation.as_sample_weight(sample_weight, X.shape[0], X.dtype)
-    if isinstance(init, dict):
-        start = model.params_from_dict(init, X.shape[1], X.dtype)
-        init_method = None
-    else:
-        start = None
-        init_method = validation.check_choice(init, "init", INIT_METHODS)
-    return _fit(
-        model, X, sample_weight, key, start, tol,
+    check_model(model)
+    config = FitConfig(
         n_restarts=n_restarts, max_iter=max_iter, criterion=criterion,
-        init_method=init_method, chunk_size=chunk_size, accelerate=accelerate, diff=diff, adjoint=adjoint,
-        vmap_slots=vmap_slots,
+        init=None if isinstance(init, dict) else validation.check_choice(init, "init", INIT_METHODS), accelerate=accelerate, diff=diff,
+        adjoint=adjoint, vmap_slots=vmap_slots,
     )
+    tol = validation.check_non_negative(tol, "tol")
+    data = model.as_data(X)
+    n_units = units.n_units(data)
+    config = config.replace(chunk_size=auto_chunk_size(model, n_units) if chunk_size == "auto" else chunk_size)
+    sample_weight = validation.as_sample_weight(sample_weight, n_units, units.float_dtype(data))
+    start = model.start_params(init, data) if isinstance(init, dict) else None
+    return _fit(model, data, sample_weight, key, start, tol, config)
 
 
-@partial(
-    jax.jit,
-    static_argnames=(
-        "n_restarts", "max_iter", "criterion", "init_method", "chunk_size", "accelerate", "diff", "adjoint", "vmap_slots",
-    ),
-)
-def _fit(
-    model, X, sample_weight, key, start, tol, *,
-    n_restarts, max_iter, criterion, init_method, chunk_size, accelerate, diff, adjoint, vmap_slots,
-):
+@partial(jax.jit, static_argnames=("config",))
+def _fit(model, data, sample_weight, key, start, tol, config: FitConfig):
     # Every matrix product of the fit at full float32 precision on GPUs/TPUs (jaxem.precision).
     with full_precision():
         if start is None:
-            keys = jax.random.split(key, n_restarts)
-            init_params = jax.vmap(lambda k: model.init_params(k, X, sample_weight, init_method, chunk_size))(keys)
+            keys = jax.random.split(key, config.n_restarts)
+            init_params = jax.vmap(
+                lambda k: model.init_params(k, data, sample_weight, config.init, config.chunk_size)
+            )(keys)
         else:
-            init_params = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (n_restarts,) + leaf.shape), start)
-        restarts = run_restarts(
-            model, init_params, X, sample_weight,
-            max_iter=max_iter, tol=tol, criterion=criterion, chunk_size=chunk_size,
-            accelerate=accelerate, diff=diff, adjoint=adjoint, vmap_slots=vmap_slots,
-        )
+            init_params = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (config.n_restarts,) + leaf.shape), start)
+        restarts = run_restarts(model, init_params, data, sample_weight, tol, config)
         return select_best(restarts)

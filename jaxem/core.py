@@ -5,9 +5,11 @@ objective, the iteration count, a status code and a fixed-size trace; the data i
 argument of the loop body, never carried (jaxem.schedule, which runs the loop, gives each
 vmapped problem its own). Restarts (jaxem.restarts) are a `vmap` of `run_em`.
 
-The objective tracked is the mean per-sample log-likelihood (plus log_prior / sum of
-weights for MAP-EM), evaluated at the params entering each iteration, as scikit-learn's
-`lower_bound_`. EM guarantees it never decreases (EM_NOTES: monotonicity).
+The objective tracked is the weighted mean per-unit log-likelihood (plus log_prior / sum
+of weights for MAP-EM), evaluated at the params entering each iteration, as
+scikit-learn's `lower_bound_`. EM guarantees it never decreases (docs/design.md). The
+model is used only through jaxem.protocol.Model; the static options come in one
+jaxem.config.FitConfig.
 """
 
 from __future__ import annotations
@@ -18,10 +20,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxem import implicit, parallel, schedule
-
-CRITERIA = ("loglik", "params")
-DIFF_MODES = ("implicit", "unroll", None)
+from jaxem import implicit, parallel, schedule, units
+from jaxem.config import FitConfig
 
 
 class Status(enum.IntEnum):
@@ -103,27 +103,27 @@ class EMState(NamedTuple):
     trace: jax.Array
 
 
-def objective(model, params, X, sample_weight, chunk_size=None, prepared=None):
-    """Mean per-sample log-likelihood plus log_prior / sum(w), and the statistics at params.
+def objective(model, params, data, sample_weight, chunk_size=None, prepared=None):
+    """Weighted mean per-unit log-likelihood plus log_prior / sum(w), and the statistics.
 
-    prepared: `parallel.prepare(model, X, sample_weight, chunk_size)`, which `run_em`
+    prepared: `parallel.prepare(model, data, sample_weight, chunk_size)`, which `run_em`
     computes once per fit; computed here when None.
     """
     if prepared is None:
-        prepared = parallel.prepare(model, X, sample_weight, chunk_size)
+        prepared = parallel.prepare(model, data, sample_weight, chunk_size)
     stats, log_lik = parallel.e_step_prepared(model, params, *prepared)
     total = (log_lik + model.log_prior(params)) / jnp.sum(sample_weight)
     return total, stats
 
 
-def em_update(model, params, m_state, X, sample_weight, chunk_size=None, prepared=None):
+def em_update(model, params, m_state, data, sample_weight, chunk_size=None, prepared=None):
     """One E+M step, the fixed-point map T(params) = M(E(params)).
 
     prepared: as in `objective`.
     Returns (objective at `params`, new params, new M-step state).
     """
-    value, stats = objective(model, params, X, sample_weight, chunk_size, prepared)
-    new_params, new_m_state = model.maximize(stats, params, m_state, X, sample_weight)
+    value, stats = objective(model, params, data, sample_weight, chunk_size, prepared)
+    new_params, new_m_state = model.maximize(stats, params, m_state, data, sample_weight)
     return value, new_params, new_m_state
 
 
@@ -149,7 +149,7 @@ def max_relative_change(new: Any, old: Any) -> jax.Array:
 
 
 def decrease_tolerance(dtype: Any) -> float:
-    """A drop of the per-sample objective below this (relative) counts as a real decrease."""
+    """A drop of the per-unit objective below this (relative) counts as a real decrease."""
     return float(jnp.finfo(dtype).eps) ** 0.75
 
 
@@ -178,74 +178,110 @@ def is_done(criterion: str, new_value, old_value, new_params, old_params, tol) -
     return max_relative_change(new_params, old_params) < tol
 
 
-def _em_iteration(*, max_iter, criterion, chunk_size):
-    """The loop body: one E+M step from an EMState, with the stopping rule applied.
-
-    The body takes the data explicitly, (model, X, sample_weight, prepared, tol), so that
-    jaxem.schedule can give each vmapped problem its own.
-    """
-
-    def body(state: EMState, data) -> EMState:
-        model, X, sample_weight, prepared, tol = data
-        value, new_params, new_m_state = em_update(
-            model, state.params, state.m_state, X, sample_weight, chunk_size, prepared
-        )
-        finite = jnp.isfinite(value) & all_finite(new_params)
-        done = is_done(criterion, value, state.objective, new_params, state.params, tol)
-        n_iter = state.n_iter + 1
-        keep = lambda new, old: tree_where(finite, new, old)
-        return EMState(
-            params=keep(new_params, state.params),
-            m_state=keep(new_m_state, state.m_state),
-            objective=value,
-            n_iter=n_iter,
-            status=next_status(finite, done, n_iter, max_iter),
-            trace=state.trace.at[state.n_iter].set(value),
-        )
-
-    return body
+def fit_result(params, log_likelihood, *, n_iter, status, trace, n_evals, method) -> FitResult:
+    """The FitResult of one run; a non-finite final objective overrides the status."""
+    status = jnp.where(jnp.isfinite(log_likelihood), status, Status.NON_FINITE).astype(jnp.int32)
+    return FitResult(
+        params=params,
+        log_likelihood=log_likelihood,
+        n_iter=n_iter,
+        converged=status == Status.CONVERGED,
+        status=status,
+        trace=trace,
+        n_decreases=count_decreases(trace),
+        n_evals=n_evals,
+        method=jnp.asarray(method, jnp.int32),
+    )
 
 
-def _is_running(state: EMState) -> jax.Array:
+def as_config(config: FitConfig | None, options: dict) -> FitConfig:
+    """`config` with `options` (FitConfig fields by name) applied; a default FitConfig
+    when None. Lets run_em and the accelerators be called with keyword options."""
+    config = FitConfig() if config is None else config
+    return config.replace(**options) if options else config
+
+
+class EMData(NamedTuple):
+    """What an EM iteration reads besides its state: the model, the data, the weights,
+    `parallel.prepare`'s form of them, and tol (each vmapped problem has its own)."""
+
+    model: Any
+    data: Any
+    sample_weight: jax.Array
+    prepared: Any
+    tol: jax.Array
+
+
+def start_state(params: Any, m_state: Any, dtype: Any, max_iter: int) -> EMState:
+    """The carry before the first iteration: objective -inf, an all-NaN trace."""
+    return EMState(
+        params=params,
+        m_state=m_state,
+        objective=jnp.asarray(-jnp.inf, dtype),
+        n_iter=jnp.zeros((), jnp.int32),
+        status=jnp.asarray(Status.RUNNING, jnp.int32),
+        trace=jnp.full((max_iter,), jnp.nan, dtype),
+    )
+
+
+def em_iteration(state: EMState, em_data: EMData, config: FitConfig) -> EMState:
+    """One E+M step from `state` with the stopping rule applied: the body of plain EM's
+    loop and of the accelerators' EM phases. A non-finite step keeps the previous params."""
+    model, data, sample_weight, prepared, tol = em_data
+    value, new_params, new_m_state = em_update(
+        model, state.params, state.m_state, data, sample_weight, config.chunk_size, prepared
+    )
+    finite = jnp.isfinite(value) & all_finite(new_params)
+    done = is_done(config.criterion, value, state.objective, new_params, state.params, tol)
+    n_iter = state.n_iter + 1
+    keep = lambda new, old: tree_where(finite, new, old)
+    return EMState(
+        params=keep(new_params, state.params),
+        m_state=keep(new_m_state, state.m_state),
+        objective=value,
+        n_iter=n_iter,
+        status=next_status(finite, done, n_iter, config.max_iter),
+        trace=state.trace.at[state.n_iter].set(value),
+    )
+
+
+def is_running(state) -> jax.Array:
+    """Whether a loop state's status is still RUNNING."""
     return state.status == Status.RUNNING
 
 
-def _loop(body, start: EMState, data, max_iter: int, *, diff: str | None, slots) -> EMState:
-    """Apply `body` while the status is RUNNING, as `diff` needs.
+def _loop(body, start: EMState, data, config: FitConfig) -> EMState:
+    """Apply `body` while the status is RUNNING, as `config.diff` needs.
 
     "implicit": jaxem.schedule.while_loop, a lax.while_loop that retires finished problems
-    when vmapped over data sets (`slots` of them in flight); reverse mode goes around it
-    (jaxem.implicit). None: a plain lax.while_loop, which forward mode (jvp) can also
-    differentiate under vmap (JAX's custom_vmap cannot be). "unroll": a lax.scan of exactly
-    max_iter steps in which a stopped state is carried unchanged, so reverse mode can
-    differentiate it. All three give the same values.
+    when vmapped over data sets (`config.vmap_slots` of them in flight); reverse mode goes
+    around it (jaxem.implicit). None: a plain lax.while_loop, which forward mode (jvp) can
+    also differentiate under vmap (JAX's custom_vmap cannot be). "unroll": a lax.scan of
+    exactly max_iter steps in which a stopped state is carried unchanged, so reverse mode
+    can differentiate it. All three give the same values.
     """
-    if diff == "implicit":
-        return schedule.while_loop(_is_running, body, start, data, slots=slots)
-    if diff is None:
-        return jax.lax.while_loop(_is_running, lambda state: body(state, data), start)
+    if config.diff == "implicit":
+        return schedule.while_loop(is_running, body, start, data, slots=config.vmap_slots)
+    if config.diff is None:
+        return jax.lax.while_loop(is_running, lambda state: body(state, data), start)
 
     def step(state, _):
         advanced = body(state, data)
-        return tree_where(_is_running(state), advanced, state), None
+        return tree_where(is_running(state), advanced, state), None
 
-    final, _ = jax.lax.scan(step, start, None, length=max_iter)
+    final, _ = jax.lax.scan(step, start, None, length=config.max_iter)
     return final
 
 
 def run_em(
     model: Any,
     init_params: Any,
-    X: jax.Array,
+    data: Any,
     sample_weight: jax.Array,
     *,
-    max_iter: int,
     tol: Any,
-    criterion: str = "loglik",
-    chunk_size: int | None = None,
-    diff: str | None = "implicit",
-    adjoint: str = "auto",
-    vmap_slots: int | str | None = "auto",
+    config: FitConfig | None = None,
+    **options,
 ) -> FitResult:
     """EM from `init_params` until the stopping rule holds, max_iter, or a non-finite value.
 
@@ -254,62 +290,46 @@ def run_em(
     iterations; "params" when `max_relative_change` of the params is below tol. A NaN or
     inf objective or params end the run with Status.NON_FINITE, keeping the last finite params.
 
-    Reverse-mode gradients (with respect to X, sample_weight and the model's leaves):
+    Reverse-mode gradients (with respect to the data, sample_weight and the model's leaves):
     diff="implicit" differentiates the fixed point params = T(params) with jaxem.implicit,
-    solving the adjoint with `adjoint` (one of jaxem.implicit.ADJOINT_SOLVERS), and gives
-    init_params a zero gradient; diff="unroll" runs a bounded scan of max_iter iterations
-    (params frozen once stopped) that reverse mode differentiates step by step; None runs
-    the plain while_loop (forward mode only). All three compute the same values.
+    solving the adjoint with `config.adjoint`, and gives init_params a zero gradient;
+    diff="unroll" runs a bounded scan of max_iter iterations (params frozen once stopped)
+    that reverse mode differentiates step by step; None runs the plain while_loop (forward
+    mode only). All three compute the same values.
 
-    Vmapped over data sets, the while loop of diff="implicit" advances `vmap_slots`
-    problems at a time and retires each at its own stop (jaxem.schedule.while_loop;
-    "auto": schedule.auto_slots, None: lockstep); diff=None keeps the lockstep while_loop,
-    so that vmap of jvp works.
+    Vmapped over data sets, the while loop of diff="implicit" advances `config.vmap_slots`
+    problems at a time and retires each at its own stop (jaxem.schedule.while_loop);
+    diff=None keeps the lockstep while_loop, so that vmap of jvp works.
 
     Args:
-      X: (n_samples, ...) data; sample_weight: (n_samples,).
-      max_iter, criterion, chunk_size, diff, adjoint, vmap_slots: static; tol: scalar
-        (may be traced).
+      data: the model's data (leading axis: units); sample_weight: (n_units,).
+      tol: scalar (may be traced).
+      config: the static options (jaxem.config.FitConfig); `options` override its fields
+        by name (run_em(..., max_iter=50, criterion="params")).
     Returns:
       FitResult with best_restart and restarts None.
     """
-    dtype = X.dtype
+    config = as_config(config, options)
+    dtype = units.float_dtype(data)
     tol = jnp.asarray(tol, dtype)
 
-    def solve(init_params, model, X, sample_weight, tol):
-        body = _em_iteration(max_iter=max_iter, criterion=criterion, chunk_size=chunk_size)
+    def solve(init_params, model, data, sample_weight, tol):
         # Fixed features of the data (model.precompute), built once, outside the loop.
-        prepared = parallel.prepare(model, X, sample_weight, chunk_size)
-        start = EMState(
-            params=init_params,
-            m_state=model.init_m_state(init_params),
-            objective=jnp.asarray(-jnp.inf, dtype),
-            n_iter=jnp.zeros((), jnp.int32),
-            status=jnp.asarray(Status.RUNNING, jnp.int32),
-            trace=jnp.full((max_iter,), jnp.nan, dtype),
-        )
-        data = (model, X, sample_weight, prepared, tol)
-        final = _loop(body, start, data, max_iter, diff=diff, slots=vmap_slots)
+        prepared = parallel.prepare(model, data, sample_weight, config.chunk_size)
+        start = start_state(init_params, model.init_m_state(init_params), dtype, config.max_iter)
+        body = lambda state, em_data: em_iteration(state, em_data, config)
+        final = _loop(body, start, EMData(model, data, sample_weight, prepared, tol), config)
         return final.params, final._replace(params=None)
 
-    if diff == "implicit":
+    if config.diff == "implicit":
 
-        def fixed_point_map(params, final, model, X, sample_weight, tol):
-            return em_update(model, params, final.m_state, X, sample_weight, chunk_size)[1]
+        def fixed_point_map(params, final, model, data, sample_weight, tol):
+            return em_update(model, params, final.m_state, data, sample_weight, config.chunk_size)[1]
 
-        solve = implicit.custom_fixed_point(fixed_point_map, solver=adjoint, max_iter=max_iter)(solve)
-    params, final = solve(init_params, model, X, sample_weight, tol)
-    final = final._replace(params=params)
-    final_value, _ = objective(model, final.params, X, sample_weight, chunk_size)
-    status = jnp.where(jnp.isfinite(final_value), final.status, Status.NON_FINITE).astype(jnp.int32)
-    return FitResult(
-        params=final.params,
-        log_likelihood=final_value,
-        n_iter=final.n_iter,
-        converged=status == Status.CONVERGED,
-        status=status,
-        trace=final.trace,
-        n_decreases=count_decreases(final.trace),
-        n_evals=final.n_iter + 1,
-        method=jnp.asarray(Method.EM, jnp.int32),
+        solve = implicit.custom_fixed_point(fixed_point_map, solver=config.adjoint, max_iter=config.max_iter)(solve)
+    params, final = solve(init_params, model, data, sample_weight, tol)
+    final_value, _ = objective(model, params, data, sample_weight, config.chunk_size)
+    return fit_result(
+        params, final_value, n_iter=final.n_iter, status=final.status, trace=final.trace,
+        n_evals=final.n_iter + 1, method=Method.EM,
     )

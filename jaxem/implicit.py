@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.flatten_util import ravel_pytree
 from jax.scipy.sparse import linalg as sparse_linalg
 
@@ -55,14 +56,9 @@ DENSE_BATCH = 32
 GMRES_RESTART = 20
 
 
-def tree_vdot(a: Any, b: Any) -> jax.Array:
-    """Inner product of two pytrees of the same structure."""
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
 def tree_norm(tree: Any) -> jax.Array:
     """Euclidean norm of all leaves of a pytree taken together."""
-    return jnp.sqrt(tree_vdot(tree, tree))
+    return jnp.sqrt(optax.tree.vdot(tree, tree))
 
 
 def default_tol(dtype: Any) -> float:

@@ -12,13 +12,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-INIT_METHODS = ("kmeans++", "random", "random_from_data")
+from jaxem.sizes import UNROLL_AXIS
 
-# Up to this many features (or centers), distances are sums of per-feature slices and the
-# nearest center a chain of comparisons: XLA:CPU runs a reduction over a short axis fused
-# with its producer several times slower (200 k-means++ starts of N=400, D=2, K=2:
-# distances and assignment 0.70 -> 0.13 ms; see also jaxem.models.base.UNROLL_COMPONENTS).
-UNROLL_AXIS = 8
+INIT_METHODS = ("kmeans++", "random", "random_from_data")
 
 
 def squared_distance_to(X: jax.Array, point: jax.Array) -> jax.Array:

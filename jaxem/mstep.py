@@ -22,19 +22,13 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
-from jax.scipy.special import logsumexp
 
 from jaxem import constraints as constraints_lib
 from jaxem.core import tree_where
+from jaxem.models.mixture import weighted_posterior
 
 
 # --- the Q function ------------------------------------------------------------------------
-def posterior_weights(log_joint: jax.Array, sample_weight: jax.Array) -> jax.Array:
-    """Responsibilities p(z=k | x_n) times w_n from log_joint: (n_samples, K) -> (n_samples, K)."""
-    log_post = log_joint - logsumexp(log_joint, axis=1, keepdims=True)
-    return jnp.exp(log_post) * sample_weight[:, None]
-
-
 def expected_log_joint(log_joint: jax.Array, resp: jax.Array) -> jax.Array:
     """Q = sum_n sum_k resp_nk log p(x_n, z=k); entries with resp 0 add 0 even where log_joint is -inf.
 
@@ -209,7 +203,7 @@ class FrozenModel:
         """The model's M-step, frozen leaves restored, kept only if Q + log_prior does not drop."""
         candidate, m_state = self.model.maximize(stats, params, m_state, X, sample_weight)
         candidate = restore_frozen(self.frozen.mask(params), candidate, params)
-        resp = posterior_weights(self.model.log_joint(params, X), sample_weight)
+        resp, _ = weighted_posterior(self.model.log_joint(params, X), sample_weight, axis=1)
 
         def objective(p):
             return expected_log_joint(self.model.log_joint(p, X), resp) + self.model.log_prior(p)

@@ -1,7 +1,7 @@
 """Chunked evaluation of a model's E-step: the map-reduce of EM_NOTES.md.
 
-Statistics are additive over data points, so the E-step over the whole data set is the
-tree-sum of E-steps over chunks. Scanning over chunks bounds the memory of intermediates
+Statistics are additive over data units (rows, sequences), so the E-step over the whole
+data set is the tree-sum of E-steps over chunks of units. Scanning over chunks bounds the memory of intermediates
 (for a Gaussian mixture the (chunk, K) log densities) at no change in the result beyond
 summation order. A model's `precompute` (fixed features of the data) or, for chunks,
 `precompute_chunks` (which may keep a compact form that each chunk's E-step expands) runs
@@ -15,55 +15,45 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxem import units
+
 
 def tree_add(a: Any, b: Any) -> Any:
     """Leafwise sum of two pytrees of the same structure."""
     return jax.tree.map(jnp.add, a, b)
 
 
-def split_chunks(array: jax.Array, chunk_size: int, pad_value: str) -> jax.Array:
-    """(n, ...) -> (n_chunks, chunk_size, ...), padding the tail by repeating the last row
-    (pad_value="edge", keeps densities finite) or with zeros (pad_value="zero", for weights).
-    """
-    n = array.shape[0]
-    n_chunks = -(-n // chunk_size)
-    pad = n_chunks * chunk_size - n
-    widths = [(0, pad)] + [(0, 0)] * (array.ndim - 1)
-    padded = jnp.pad(array, widths, mode="edge" if pad_value == "edge" else "constant")
-    return padded.reshape((n_chunks, chunk_size) + array.shape[1:])
-
-
 def prepare(
-    model: Any, X: jax.Array, sample_weight: jax.Array, chunk_size: int | None = None
+    model: Any, data: Any, sample_weight: jax.Array, chunk_size: int | None = None
 ) -> tuple[Any, jax.Array]:
-    """`model.precompute` of X, per chunk of chunk_size rows when given; once per fit.
+    """`model.precompute` of the data, per chunk of chunk_size units when given; once per fit.
 
-    Returns (data, weights): unchunked, data = model.precompute(X) and weights (n_samples,);
+    Returns (features, weights): unchunked, model.precompute(data) and weights (n_units,);
     chunked, every leaf gets a leading n_chunks axis and weights are (n_chunks, chunk_size).
     Raises:
       ValueError: chunk_size given for a model whose statistics are not additive.
     """
-    if chunk_size is not None and not getattr(model, "additive_statistics", True):
+    if chunk_size is not None and not model.additive_statistics:
         raise ValueError(
             f"chunk_size is not supported by {type(model).__name__}: its E-step statistics are "
             "per-sample responsibilities, which chunks cannot sum. Fit without chunk_size."
         )
-    if is_chunked(X.shape[0], chunk_size):
-        sample_weight = split_chunks(sample_weight, chunk_size, "zero")
-    return precompute(model, X, chunk_size), sample_weight
+    if is_chunked(units.n_units(data), chunk_size):
+        sample_weight = units.split_chunks(sample_weight, chunk_size, "zero")
+    return precompute(model, data, chunk_size), sample_weight
 
 
-def is_chunked(n_samples: int, chunk_size: int | None) -> bool:
-    """Whether `prepare` splits n_samples rows into chunks of chunk_size."""
-    return chunk_size is not None and chunk_size < n_samples
+def is_chunked(n_units: int, chunk_size: int | None) -> bool:
+    """Whether `prepare` splits n_units units into chunks of chunk_size."""
+    return chunk_size is not None and chunk_size < n_units
 
 
-def precompute(model: Any, X: jax.Array, chunk_size: int | None = None) -> Any:
-    """The data half of `prepare`: model.precompute(X), or model.precompute_chunks of
-    X's chunks (edge-padded; every leaf with a leading n_chunks axis) when chunked."""
-    if not is_chunked(X.shape[0], chunk_size):
-        return model.precompute(X)
-    return model.precompute_chunks(split_chunks(X, chunk_size, "edge"))
+def precompute(model: Any, data: Any, chunk_size: int | None = None) -> Any:
+    """The data half of `prepare`: model.precompute(data), or model.precompute_chunks of
+    the data's chunks (edge-padded; every leaf with a leading n_chunks axis) when chunked."""
+    if not is_chunked(units.n_units(data), chunk_size):
+        return model.precompute(data)
+    return model.precompute_chunks(units.split_chunks(data, chunk_size, "edge"))
 
 
 def e_step_prepared(model: Any, params: Any, data: Any, weights: jax.Array) -> tuple[Any, jax.Array]:
@@ -108,10 +98,10 @@ def scan_unroll(n_chunks: int) -> int:
 
 
 def e_step(
-    model: Any, params: Any, X: jax.Array, sample_weight: jax.Array, chunk_size: int | None = None
+    model: Any, params: Any, data: Any, sample_weight: jax.Array, chunk_size: int | None = None
 ) -> tuple[Any, jax.Array]:
-    """model.e_step over all of X, in chunks of chunk_size rows when given.
+    """model.e_step over all of the data, in chunks of chunk_size units when given.
 
     Returns (stats, summed log-likelihood), as model.e_step.
     """
-    return e_step_prepared(model, params, *prepare(model, X, sample_weight, chunk_size))
+    return e_step_prepared(model, params, *prepare(model, data, sample_weight, chunk_size))

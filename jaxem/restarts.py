@@ -6,43 +6,35 @@ are returned; the best is the one with the highest final objective among finite 
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from jaxem import accel
+from jaxem.config import FitConfig
 from jaxem.core import FitResult, Status, run_em
 
 
+def runner_for(config: FitConfig):
+    """The single-start runner for `config.accelerate`: run_em (None), accel.run_squarem
+    ("squarem") or accel.run_quasi_newton ("quasi_newton"), the accelerated ones given
+    implicit gradients through plain EM's fixed point when config.diff is "implicit"."""
+    if config.accelerate is None:
+        return run_em
+    runner = accel.RUNNERS[config.accelerate]
+    return accel.through_fixed_point(runner) if config.diff == "implicit" else runner
+
+
 def run_restarts(
-    model: Any,
-    init_params: Any,
-    X: jax.Array,
-    sample_weight: jax.Array,
-    accelerate: str | None = None,
-    diff: str | None = "implicit",
-    adjoint: str = "auto",
-    vmap_slots: int | str | None = "auto",
-    **options,
+    model: Any, init_params: Any, data: Any, sample_weight: jax.Array, tol: Any, config: FitConfig
 ) -> FitResult:
-    """The single-start runner for `accelerate` vmapped over the leading (n_restarts) axis
-    of init_params: run_em (None), accel.run_squarem ("squarem") or
-    accel.run_quasi_newton ("quasi_newton"), differentiable as `diff` says. vmap_slots:
-    run_em's (the accelerated runners vmap in lockstep).
+    """`runner_for(config)` vmapped over the leading (n_restarts) axis of init_params.
 
     Returns a FitResult whose fields all have a leading n_restarts axis.
     """
-    if accelerate is None:
-        runner = partial(run_em, diff=diff, adjoint=adjoint, vmap_slots=vmap_slots)
-    else:
-        runner = {"squarem": accel.run_squarem, "quasi_newton": accel.run_quasi_newton}[accelerate]
-        if diff == "implicit":
-            runner = accel.through_fixed_point(
-                runner, adjoint=adjoint, max_iter=options.pop("max_iter"), chunk_size=options.pop("chunk_size", None)
-            )
-    return jax.vmap(lambda params: runner(model, params, X, sample_weight, **options))(init_params)
+    runner = runner_for(config)
+    return jax.vmap(lambda params: runner(model, params, data, sample_weight, tol=tol, config=config))(init_params)
 
 
 def best_restart_index(restarts: FitResult) -> jax.Array:

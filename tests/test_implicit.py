@@ -15,7 +15,7 @@ import pytest
 import jaxem
 from jaxem import implicit
 from jaxem.implicit import custom_fixed_point, solve_adjoint
-from jaxem.models.base import MixtureModel
+from jaxem.models.mixture import MixtureModel
 from jaxem.models.gaussian_mixture import COVARIANCE_TYPES
 
 RTOL = 1e-5

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxem.models.base import UNROLL_COMPONENTS, weighted_posterior
+from jaxem.models.mixture import weighted_posterior
+from jaxem.sizes import UNROLL_COMPONENTS
 
 
 def numpy_posterior(log_joint, weights):

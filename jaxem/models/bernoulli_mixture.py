@@ -19,7 +19,7 @@ from jax.scipy.special import xlog1py, xlogy
 
 from jaxem import validation
 from jaxem.models import checks
-from jaxem.models.base import MixtureModel
+from jaxem.models.mixture import MixtureModel
 
 
 class BernoulliMixtureParams(NamedTuple):
@@ -63,9 +63,6 @@ class BernoulliMixture(MixtureModel):
         checks.check_integer_data(X, "binary values", low=0, high=1)
 
     # --- densities --------------------------------------------------------------------------
-    def log_weights(self, params: BernoulliMixtureParams) -> jax.Array:
-        return jnp.log(params.weights)
-
     def component_log_prob(self, params: BernoulliMixtureParams, X: jax.Array) -> jax.Array:
         """log prod_d Bernoulli(x_d | probs[k, d]): (n_samples, n_components)."""
         probs = params.probs[None, :, :]
@@ -128,6 +125,6 @@ class BernoulliMixture(MixtureModel):
     ) -> tuple[jax.Array, jax.Array]:
         """Draw n_samples points. Returns (X (n_samples, D) of 0.0/1.0, labels (n_samples,))."""
         label_key, bit_key = jax.random.split(key)
-        labels = jax.random.categorical(label_key, jnp.log(params.weights), shape=(n_samples,))
+        labels = self.sample_labels(label_key, params, n_samples)
         probs = params.probs[labels]
         return jax.random.bernoulli(bit_key, probs).astype(probs.dtype), labels

@@ -18,7 +18,7 @@ from jax.scipy.special import xlogy
 
 from jaxem import validation
 from jaxem.models import checks
-from jaxem.models.base import MixtureModel
+from jaxem.models.mixture import MixtureModel
 
 
 class CategoricalMixtureParams(NamedTuple):
@@ -72,9 +72,6 @@ class CategoricalMixture(MixtureModel):
         return jax.nn.one_hot(X.astype(jnp.int32), self.n_categories, dtype=X.dtype)
 
     # --- densities --------------------------------------------------------------------------
-    def log_weights(self, params: CategoricalMixtureParams) -> jax.Array:
-        return jnp.log(params.weights)
-
     def component_log_prob(self, params: CategoricalMixtureParams, X: jax.Array) -> jax.Array:
         """sum_d log probs[k, d, x_d]: (n_samples, n_components)."""
         codes = X.astype(jnp.int32)
@@ -142,7 +139,7 @@ class CategoricalMixture(MixtureModel):
     ) -> tuple[jax.Array, jax.Array]:
         """Draw n_samples points. Returns (X (n_samples, D) float codes, labels (n_samples,))."""
         label_key, code_key = jax.random.split(key)
-        labels = jax.random.categorical(label_key, jnp.log(params.weights), shape=(n_samples,))
+        labels = self.sample_labels(label_key, params, n_samples)
         log_probs = jnp.log(params.probs[labels])  # (n_samples, D, C)
         codes = jax.random.categorical(code_key, log_probs, axis=-1)
         return codes.astype(params.probs.dtype), labels

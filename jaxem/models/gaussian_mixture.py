@@ -40,9 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import solve_triangular
 
-from jaxem import parallel, validation
+from jaxem import parallel, units, validation
 from jaxem.models import checks
-from jaxem.models.base import UNROLL_COMPONENTS, MixtureModel, weighted_posterior
+from jaxem.models.mixture import MixtureModel, weighted_posterior
+from jaxem.sizes import PAIRWISE_MAX_FEATURES, SCALAR_CHOLESKY_MAX_FEATURES, UNROLL_COMPONENTS
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -101,13 +102,6 @@ class GaussianFactors(NamedTuple):
 
     params: GaussianMixtureParams
     precisions_cholesky: jax.Array
-
-
-# Up to this many features, full-covariance features are built one row pair at a time.
-PAIRWISE_MAX_FEATURES = 8
-# Up to this many features, precision Cholesky factors come from scalar formulas per entry
-# (`_inverse_cholesky_transposed`), not LAPACK calls.
-SCALAR_CHOLESKY_MAX_FEATURES = 8
 
 
 def _symmetric_index(n_features: int) -> np.ndarray:
@@ -195,9 +189,6 @@ class GaussianMixture(MixtureModel):
             validation.check_non_negative(self.reg_covar, "reg_covar")
 
     # --- densities --------------------------------------------------------------------------
-    def log_weights(self, params: GaussianMixtureParams) -> jax.Array:
-        return jnp.log(params.weights)
-
     def precisions_cholesky(self, params: GaussianMixtureParams) -> jax.Array:
         """Precision Cholesky factors, scikit-learn's `precisions_cholesky_` and shapes."""
         cov = params.covariances
@@ -269,7 +260,7 @@ class GaussianMixture(MixtureModel):
             return extended[..., first, :] * extended[..., second, :]
         # Few features: one product per pair of rows. A row broadcast against a block
         # transposes to a short-axis reduction in the data's gradient, which XLA:CPU runs
-        # slowly (see models.base.UNROLL_COMPONENTS); pairs transpose to adds.
+        # slowly (see jaxem.sizes); pairs transpose to adds.
         rows = [extended[..., i : i + 1, :] for i in range(n_features + 1)]
         return jnp.concatenate([rows[i] * rows[j] for i in range(len(rows)) for j in range(i, len(rows))], axis=-2)
 
@@ -454,7 +445,7 @@ class GaussianMixture(MixtureModel):
         if not parallel.is_chunked(X.shape[0], chunk_size):
             moments, shift = _moments(resp_t, data.features), data.shift
         else:
-            resp_chunks = parallel.split_chunks(resp_t.T, chunk_size, "zero")  # (n_chunks, chunk, K)
+            resp_chunks = units.split_chunks(resp_t.T, chunk_size, "zero")  # (n_chunks, chunk, K)
             moments = parallel.sum_over_chunks(
                 lambda resp, rows: _moments(resp.T, self._as_features(rows).features), (resp_chunks, data)
             )
@@ -503,7 +494,7 @@ class GaussianMixture(MixtureModel):
     ) -> tuple[jax.Array, jax.Array]:
         """Draw n_samples points. Returns (X (n_samples, D), labels (n_samples,))."""
         label_key, noise_key = jax.random.split(key)
-        labels = jax.random.categorical(label_key, jnp.log(params.weights), shape=(n_samples,))
+        labels = self.sample_labels(label_key, params, n_samples)
         noise = jax.random.normal(noise_key, (n_samples, params.means.shape[1]), params.means.dtype)
         cov = params.covariances
         if self.covariance_type == "full":

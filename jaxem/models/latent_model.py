@@ -25,7 +25,7 @@ import optax
 
 from jaxem import constraints as constraints_lib
 from jaxem import mstep, validation
-from jaxem.models.base import MixtureModel
+from jaxem.models.mixture import MixtureModel
 
 
 def flat_log_prior(params: Any) -> jax.Array:

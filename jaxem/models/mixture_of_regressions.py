@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxem import validation
 from jaxem.models import checks
-from jaxem.models.base import MixtureModel
+from jaxem.models.mixture import MixtureModel
 
 
 class MixtureOfRegressionsParams(NamedTuple):
@@ -95,9 +95,6 @@ class MixtureOfRegressions(MixtureModel):
         return covariates, target
 
     # --- densities --------------------------------------------------------------------------
-    def log_weights(self, params: MixtureOfRegressionsParams) -> jax.Array:
-        return jnp.log(params.weights)
-
     def residuals(self, coefs: jax.Array, X: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Design Z: (n_samples, P) and residuals y - Z beta_k: (n_samples, K)."""
         design, target = self.design_and_target(X)
@@ -204,7 +201,7 @@ class MixtureOfRegressions(MixtureModel):
                 f"design must have shape ({n_samples}, {n_covariates}), got {covariates.shape}."
             )
         label_key, noise_key = jax.random.split(key)
-        labels = jax.random.categorical(label_key, jnp.log(params.weights), shape=(n_samples,))
+        labels = self.sample_labels(label_key, params, n_samples)
         placeholder = jnp.zeros((n_samples, 1), dtype)
         design_rows, _ = self.design_and_target(jnp.concatenate([covariates, placeholder], axis=1))
         mean = jnp.sum(design_rows * params.coefs[labels], axis=1)

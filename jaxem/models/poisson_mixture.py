@@ -17,7 +17,7 @@ from jax.scipy.special import gammaln, xlogy
 
 from jaxem import validation
 from jaxem.models import checks
-from jaxem.models.base import MixtureModel
+from jaxem.models.mixture import MixtureModel
 
 
 class PoissonMixtureParams(NamedTuple):
@@ -61,9 +61,6 @@ class PoissonMixture(MixtureModel):
         checks.check_integer_data(X, "non-negative counts", low=0)
 
     # --- densities --------------------------------------------------------------------------
-    def log_weights(self, params: PoissonMixtureParams) -> jax.Array:
-        return jnp.log(params.weights)
-
     def component_log_prob(self, params: PoissonMixtureParams, X: jax.Array) -> jax.Array:
         """log prod_d Poisson(x_d | rates[k, d]): (n_samples, n_components)."""
         rates = params.rates[None, :, :]
@@ -112,6 +109,6 @@ class PoissonMixture(MixtureModel):
     ) -> tuple[jax.Array, jax.Array]:
         """Draw n_samples points. Returns (X (n_samples, D) float counts, labels (n_samples,))."""
         label_key, count_key = jax.random.split(key)
-        labels = jax.random.categorical(label_key, jnp.log(params.weights), shape=(n_samples,))
+        labels = self.sample_labels(label_key, params, n_samples)
         rates = params.rates[labels]
         return jax.random.poisson(count_key, rates).astype(rates.dtype), labels

@@ -34,7 +34,7 @@ from jax.scipy.special import betaln, digamma, gammaln
 
 from jaxem import validation
 from jaxem.models import checks
-from jaxem.models.base import MixtureModel
+from jaxem.models.mixture import MixtureModel
 
 DOF_BISECTION_STEPS = 64
 
@@ -112,9 +112,6 @@ class StudentTMixture(MixtureModel):
             raise ValueError(f"min_dof must be < max_dof, got {bounds}.")
 
     # --- densities --------------------------------------------------------------------------
-    def log_weights(self, params: StudentTMixtureParams) -> jax.Array:
-        return jnp.log(params.weights)
-
     def component_log_prob(self, params: StudentTMixtureParams, X: jax.Array) -> jax.Array:
         """log t_nu_k(x | mu_k, Sigma_k): (n_samples, n_components)."""
         n_features = X.shape[1]
@@ -239,7 +236,7 @@ class StudentTMixture(MixtureModel):
     ) -> tuple[jax.Array, jax.Array]:
         """Draw n_samples points. Returns (X (n_samples, D), labels (n_samples,))."""
         label_key, noise_key, scale_key = jax.random.split(key, 3)
-        labels = jax.random.categorical(label_key, jnp.log(params.weights), shape=(n_samples,))
+        labels = self.sample_labels(label_key, params, n_samples)
         dtype = params.means.dtype
         noise = jax.random.normal(noise_key, (n_samples, params.means.shape[1]), dtype)
         half_nu = 0.5 * params.dofs[labels]

@@ -1,21 +1,19 @@
-"""The model protocol the EM core runs, and a base class for finite mixtures.
+"""Finite mixtures: one implementation of jaxem.protocol.Model for models whose latent
+variable is a component label per data row.
 
-The seam (DESIGN.md) is additive sufficient statistics: `e_step(params, X, w)` returns a
-pytree of statistics that sums over data points, plus the summed log-likelihood; `m_step`
-maps statistics (and the previous params, for ECM-style or centred updates) to params.
-
-A mixture subclass supplies:
+A mixture family supplies the mixture layer's hooks:
   component_log_prob(params, X) -> (n_samples, n_components)  log p(x | z=k)
-  log_weights(params)            -> (n_components,)            log p(z=k)
   statistics(params, X, resp)    -> additive stats from weighted responsibilities
   m_step(stats, params)          -> params
   params_from_resp(X, resp)      -> starting params from responsibilities
-  params_from_dict(d)            -> params from user-supplied arrays (validated)
+  params_from_dict(d, D, dtype)  -> params from user-supplied arrays (validated)
   param_constraints(params)      -> pytree of constraint names (jaxem.constraints)
   n_parameters(n_features)       -> free parameter count, for BIC/AIC
-  sample(key, params, n)         -> (X, labels)
-and may supply precompute(X): data in the form its e_step consumes fastest, computed once
-per fit outside the EM loop (the default is X itself).
+  sample(key, params, n)         -> (X, labels), drawing labels with `sample_labels`
+and may replace check_data (eager checks on rows), log_prior, or the defaults a Gaussian
+mixture replaces for speed: precompute / precompute_chunks / e_step_params (fixed
+features of the data), e_step and params_from_resp_t. Params have a `weights` field (K,).
+The data units are rows: (n_samples, n_features) arrays.
 """
 
 from __future__ import annotations
@@ -29,14 +27,8 @@ from jax.scipy.special import logsumexp
 
 from jaxem import init as init_lib
 from jaxem import validation
-
-
-# Components up to this many are handled as separate slices, combined by chains of
-# elementwise ops, rather than by reductions over the component axis: XLA:CPU's YNNPACK
-# reduction of a short axis fused with its elementwise producer measured ~9x slower (a
-# softmax VJP over (21, 3, 5000): 1.67 vs 0.19 ms). With slices, the reverse pass has no
-# such reductions either (a broadcast's transpose is a reduction; a reused slice's is an add).
-UNROLL_COMPONENTS = 8
+from jaxem.protocol import Model
+from jaxem.sizes import UNROLL_COMPONENTS
 
 
 def weighted_posterior(log_joint: jax.Array, sample_weight: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
@@ -51,6 +43,8 @@ def weighted_posterior(log_joint: jax.Array, sample_weight: jax.Array, axis: int
       underflows to 0.
     """
     n_components = log_joint.shape[axis]
+    # Slices rather than reductions over a short component axis (jaxem.sizes); the reverse
+    # pass then has none either (a broadcast's transpose is a reduction, a slice's an add).
     if n_components <= UNROLL_COMPONENTS:
         slices = [jax.lax.index_in_dim(log_joint, k, axis, keepdims=True) for k in range(n_components)]
     else:
@@ -68,14 +62,23 @@ def weighted_posterior(log_joint: jax.Array, sample_weight: jax.Array, axis: int
     return resp, log_lik
 
 
-class MixtureModel:
-    """Shared E-step, prediction and model-selection code for finite mixtures."""
+class MixtureModel(Model):
+    """The protocol for finite mixtures, with shared prediction and model selection."""
 
     n_components: int
-    # e_step statistics sum over data points, so chunked/sharded E-steps may add them up.
     additive_statistics = True
 
-    # --- the protocol used by jaxem.core --------------------------------------------------
+    # --- jaxem.protocol.Model ---------------------------------------------------------------
+    def as_data(self, X: Any) -> jax.Array:
+        """Rows: a finite (n_samples, n_features) float array, checked by `check_data`."""
+        X = validation.as_data(X)
+        self.check_data(X)
+        return X
+
+    def start_params(self, values: dict, data: jax.Array) -> Any:
+        """`params_from_dict` for data of data.shape[1] features."""
+        return self.params_from_dict(values, data.shape[1], data.dtype)
+
     def precompute(self, X: jax.Array) -> Any:
         """Fixed per-fit form of a block of rows X that `e_step` accepts in place of X."""
         return X
@@ -90,6 +93,14 @@ class MixtureModel:
         otherwise recompute (factorisations) done once; a chunked E-step calls this once per
         E-step, outside its loop over chunks. The default is params themselves."""
         return params
+
+    def log_weights(self, params: Any) -> jax.Array:
+        """log p(z=k): (n_components,)."""
+        return jnp.log(params.weights)
+
+    def sample_labels(self, key: jax.Array, params: Any, n_samples: int) -> jax.Array:
+        """Component labels of n_samples draws: (n_samples,) int."""
+        return jax.random.categorical(key, self.log_weights(params), shape=(n_samples,))
 
     def log_joint(self, params: Any, X: jax.Array) -> jax.Array:
         """log p(x, z=k | params): (n_samples, n_components)."""

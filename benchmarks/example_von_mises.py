@@ -3,7 +3,7 @@
 The von Mises concentration has no closed-form M-step (it needs the inverse of a ratio of
 Bessel functions), so this is the GEM case: jaxem derives responsibilities and Q from the
 log-joint by autodiff and takes guarded L-BFGS steps on Q in unconstrained coordinates.
-The script prints the EM_NOTES bound along the fit: log p(X|θ_t) = ELBO(q_t, θ_t), then
+The script prints the bound of docs/design.md along the fit: log p(X|θ_t) = ELBO(q_t, θ_t), then
 ELBO(q_t, θ_{t+1}) >= ELBO(q_t, θ_t), and log p(X|θ_{t+1}) = ELBO(q_t, θ_{t+1}) + KL.
 
 Run: python benchmarks/example_von_mises.py

@@ -1,8 +1,8 @@
 """Acceleration of EM near the maximum: SQUAREM, and a switch to quasi-Newton.
 
 EM converges linearly, at a rate set by the fraction of missing information, so near the
-maximum of a poorly separated model it crawls (EM_NOTES: "switch to, or accelerate with,
-another optimiser there"). Both remedies here are drop-ins for `jaxem.core.run_em`: same
+maximum of a poorly separated model it crawls (docs/design.md: switch to, or accelerate with,
+another optimiser there). Both remedies here are drop-ins for `jaxem.core.run_em`: same
 signature (a jaxem.config.FitConfig), same FitResult, no host synchronisation (only `lax.while_loop`s), so
 `jaxem.restarts` vmaps them. Both move in the unconstrained coordinates of
 `jaxem.constraints`, so every point they try is a valid parameter of any model that

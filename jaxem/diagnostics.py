@@ -1,4 +1,4 @@
-"""The bound of EM_NOTES.md, evaluated: log p(X|θ) = ELBO(q, θ) + KL(q || p(Z|X, θ)).
+"""The bound of docs/design.md, evaluated: log p(X|θ) = ELBO(q, θ) + KL(q || p(Z|X, θ)).
 
 Works for any model with `log_joint(params, X) -> (n_samples, K)` (every MixtureModel and
 LatentModel). Each term is computed from its own definition, not as a difference of the
@@ -36,7 +36,7 @@ class ElboDecomposition(NamedTuple):
 
 
 class MonotonicityChain(NamedTuple):
-    """The EM_NOTES chain for one step θ_old -> θ_new with q = p(Z | X, θ_old):
+    """The monotonicity chain (docs/design.md) for one step θ_old -> θ_new with q = p(Z | X, θ_old):
 
     log_likelihood_old = elbo_old <= elbo_new <= log_likelihood_new, where
     elbo_old = ELBO(q, θ_old) and elbo_new = ELBO(q, θ_new); kl_new = KL(q || p(Z|X, θ_new))
@@ -87,7 +87,7 @@ def elbo_decomposition(
 def monotonicity_chain(
     model: Any, params_old: Any, params_new: Any, X: Any, sample_weight: Any = None
 ) -> MonotonicityChain:
-    """The four numbers of EM_NOTES' monotonicity argument for one EM step."""
+    """The four numbers of the monotonicity argument (docs/design.md) for one EM step."""
     X = validation.as_data(X)
     q_old = model.predict_proba(params_old, X)
     old = elbo_decomposition(model, params_old, X, None, sample_weight)

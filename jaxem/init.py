@@ -1,4 +1,4 @@
-"""Starting responsibilities for mixtures, computed on device (EM_NOTES: starting values).
+"""Starting responsibilities for mixtures, computed on device (docs/design.md: local maxima).
 
 Each strategy returns responsibilities component-major, (n_components, n_samples), the
 layout of the E-step's; a model turns them into its starting params with one M-step. All
@@ -28,8 +28,8 @@ def weighted_choice(key: jax.Array, weights: jax.Array) -> jax.Array:
     """One index drawn with probability weights / sum(weights), weights: (n,) >= 0.
 
     Inverse-CDF sampling: one uniform number and a cumulative sum, where
-    jax.random.categorical draws n Gumbel numbers (measured 4.7x slower for n = 100k, the
-    largest set-up cost of a k-means++ start). Zero weights are never drawn. The draw's
+    jax.random.categorical draws n Gumbel numbers (the largest set-up cost of a k-means++
+    start). Zero weights are never drawn. The draw's
     position in the CDF is found by comparing against all n entries, one vectorised pass
     like the cumulative sum, where a binary search is a loop of log2(n) dependent steps.
     """
@@ -86,8 +86,7 @@ def distance_ranks(X: jax.Array, centers: jax.Array) -> jax.Array:
     the bracket orders centers as the distances do. Centring on the first data point keeps
     float32 cancellation at the scale of the data's spread, and does not depend on the
     centers, so vmapped restarts share y. XLA:CPU runs the direct sum over features slowly
-    (a short-axis reduction, see UNROLL_AXIS): 4 random_from_data starts of N = 100k,
-    D = 16, K = 16 spent 26 ms on it, 6 ms on the GEMM.
+    (a short-axis reduction, see jaxem.sizes.UNROLL_AXIS); the GEMM is several times faster.
     """
     offsets = centers - X[0]
     return jnp.sum(offsets * offsets, axis=1)[:, None] - 2.0 * (offsets @ (X - X[0]).T)

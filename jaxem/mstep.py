@@ -1,6 +1,6 @@
 """M-step strategies: guarded gradient ascent on Q (GEM) and frozen parameters (ECM).
 
-EM_NOTES (GEM): any θ_new with Q(θ_new, θ_old) >= Q(θ_old, θ_old) keeps the monotone
+Generalised EM (docs/design.md): any θ_new with Q(θ_new, θ_old) >= Q(θ_old, θ_old) keeps the monotone
 log-likelihood. `gradient_ascent` runs any optax optimiser on -Q in unconstrained
 coordinates (jaxem.constraints), keeps the best iterate it evaluated, and returns it only
 when its Q is at least Q(θ_old) (computed at exactly θ_old, not a round trip through the

@@ -1,4 +1,4 @@
-"""Chunked evaluation of a model's E-step: the map-reduce of EM_NOTES.md.
+"""Chunked evaluation of a model's E-step: the map-reduce of docs/design.md.
 
 Statistics are additive over data units (rows, sequences), so the E-step over the whole
 data set is the tree-sum of E-steps over chunks of units. Scanning over chunks bounds the memory of intermediates
@@ -66,8 +66,8 @@ def e_step_prepared(model: Any, params: Any, data: Any, weights: jax.Array) -> t
         return model.e_step(params, data, weights)
     # Factorisations once, not per chunk. Besides the saved work, this keeps batched LAPACK
     # calls (which fan out over a thread pool and wait on it) out of chunk E-steps that the
-    # runtime runs side by side: two of them at once deadlocked XLA:CPU's 2-thread pool
-    # (jaxlib 0.10.2, batched triangular solves of a Gaussian mixture, N=100k).
+    # runtime runs side by side, where two of them at once can deadlock XLA:CPU's thread
+    # pool (seen with jaxlib 0.10.2 on 2 cores).
     params = model.e_step_params(params)
     return sum_over_chunks(lambda chunk, weight: model.e_step(params, chunk, weight), (data, weights))
 
@@ -90,9 +90,8 @@ def scan_unroll(n_chunks: int) -> int:
     """Chunks per scan step: the smallest of 2, 3, 5 that divides n_chunks, else 1.
 
     The E-steps of the chunks in one step are independent, so the CPU runtime runs them
-    side by side (one small GEMM per core beats one split over cores: 13-17% faster per
-    iteration on 2 cores, benchmarks/bench_gmm.py). A divisor avoids a remainder step,
-    which measured slower; more than 5 at once measured slower too.
+    side by side (one small GEMM per core beats one split over cores; benchmarks/bench_gmm.py).
+    A divisor avoids a remainder step; more than 5 at once was slower on CPU.
     """
     return next((u for u in (2, 3, 5) if n_chunks % u == 0), 1)
 

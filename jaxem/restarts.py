@@ -1,6 +1,6 @@
 """Restarts: one `vmap` of the single-start EM run over starting params, and selection.
 
-EM converges to a local maximum (EM_NOTES), so restarts are part of the method. All runs
+EM converges to a local maximum (docs/design.md), so restarts are part of the method. All runs
 are returned; the best is the one with the highest final objective among finite runs.
 """
 

@@ -1,4 +1,4 @@
-"""The bound of EM_NOTES.md: log p(X|θ) = ELBO(q, θ) + KL, KL = 0 at the posterior, the chain."""
+"""The bound of docs/design.md: log p(X|θ) = ELBO(q, θ) + KL, KL = 0 at the posterior, the chain."""
 
 import jax
 import jax.numpy as jnp

@@ -14,8 +14,8 @@ Numerics, matching scikit-learn's GaussianMixture update for update:
     origin (float32). The features are stored feature-major, (n_phi, n_samples), and the
     E-step keeps samples on the minor axis throughout (log_joint^T = W^T phi, softmax over
     components, moments = resp^T phi^T): with restarts batched in, the softmax vectorises
-    over samples and no (n, R K) intermediate is transposed, 20-25% faster per iteration on
-    CPU than the sample-major layout (N = 100k, D = 16, K = 16, 4 restarts). A chunked
+    over samples and no (n, R K) intermediate is transposed (faster on CPU than the
+    sample-major layout; README "Performance"). A chunked
     fit keeps only the centred rows [y, 1] (`CentredRows`) and each chunk's E-step expands
     its own features, which costs less than reading them back from a stored array;
   * second moments are centred on the previous means c_k: the statistics are
@@ -119,9 +119,9 @@ def _inverse_cholesky_transposed(cov: jax.Array) -> jax.Array:
     either way that component's log-density and the fit's objective become NaN.
 
     Scalar formulas per entry (Cholesky-Banachiewicz, then forward substitution), for few
-    features: XLA:CPU runs jnp.linalg.cholesky and the triangular solve as LAPACK calls,
-    one per matrix, whose overhead dominates small matrices (32 matrices of 2 x 2 in a
-    loop: 3.3 -> 0.7 us per step; 8 x 8: 17 -> 6 us).
+    features (jaxem.sizes.SCALAR_CHOLESKY_MAX_FEATURES): XLA:CPU runs jnp.linalg.cholesky
+    and the triangular solve as LAPACK calls, one per matrix, whose overhead dominates
+    small matrices.
     """
     n = cov.shape[-1]
     chol = [[None] * n for _ in range(n)]
@@ -143,10 +143,8 @@ def _moments(resp_t: jax.Array, features: jax.Array) -> jax.Array:
     """resp_t @ features.T, (K, n) x (n_phi, n) -> (K, n_phi).
 
     Up to UNROLL_COMPONENTS components as one matrix-vector product per component: XLA:CPU
-    runs a small GEMM contracting both operands' minor axes about twice as slowly (200
-    problems, K = 2, n_phi = 6, N = 400: 324 -> 159 us; 16 of them: 10.0 -> 4.8 us).
-    Vmapped restarts sharing the features turn each product back into such a GEMM: 200
-    batched fits with 4 restarts each measured 2-5% slower than with the one GEMM.
+    runs a small GEMM contracting both operands' minor axes slowly (jaxem.sizes). Vmapped
+    restarts sharing the features turn each product back into a GEMM.
     """
     if resp_t.shape[0] > UNROLL_COMPONENTS:
         return resp_t @ features.T
@@ -235,8 +233,7 @@ class GaussianMixture(MixtureModel):
         Each chunk's E-step expands its rows into features (`_as_features`) rather than
         reading them from a stored (n_chunks, n_phi, chunk_size) array: a scan's slice of
         a stored chunk is a copy that costs more than the products that make it, and the
-        features of all rows are never held at once (N = 100k, D = 16, K = 16, 4 restarts:
-        61 MB fewer, and per iteration 25.9 -> 24.3 ms).
+        features of all rows are never held at once.
         """
         shift = jnp.mean(chunks, axis=(0, 1))
         shifts = jnp.broadcast_to(shift, (chunks.shape[0], shift.shape[0]))
@@ -433,13 +430,12 @@ class GaussianMixture(MixtureModel):
         self, X: jax.Array, resp_t: jax.Array, chunk_size: int | None = None
     ) -> GaussianMixtureParams:
         """One M-step from weighted responsibilities (K, n_samples), centred on the data
-        mean; one GEMM in the layout of the E-step's (a transposed operand measured 0.4 ms
-        slower for 200 vmapped starts of N=400, D=2, K=2).
+        mean; one GEMM in the layout of the E-step's (no transposed operand).
 
         With chunk_size below n_samples the data is chunked by `parallel.precompute`, as
         `parallel.prepare` chunks the EM loop's, so that XLA computes it once for both, and
-        the moments are summed over chunks as the E-step sums them (N = 100k, D = 16,
-        K = 16, 4 restarts: one batched GEMM over all chunks ran on one core, 19 ms).
+        the moments are summed over chunks as the E-step sums them (one batched GEMM over
+        all chunks runs on one core of XLA:CPU).
         """
         data = parallel.precompute(self, X, chunk_size)
         if not parallel.is_chunked(X.shape[0], chunk_size):

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxem import implicit, parallel, units
+from jaxem import implicit, parallel, progress, units
 from jaxem.config import FitConfig
 from jaxem.constraints import from_unconstrained, to_unconstrained
 from jaxem.core import (
@@ -195,6 +195,7 @@ def run_squarem(
         finite = jnp.isfinite(em_value) & all_finite(twice_mapped)
         n_iter = state.n_iter + 1
         done = is_done(config.criterion, new_value, state.value, new_params, state.params, tol)
+        progress.report(config, n_iter, new_value, state.value)
         keep = lambda new, old: tree_where(finite, new, old)
         return SquaremState(
             params=keep(new_params, state.params),

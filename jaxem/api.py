@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +13,7 @@ from jaxem.config import FitConfig
 from jaxem.core import FitResult
 from jaxem.init import INIT_METHODS
 from jaxem.precision import full_precision
+from jaxem.progress import PRINTER
 from jaxem.protocol import check_model
 from jaxem.restarts import run_restarts, select_best
 
@@ -49,6 +50,7 @@ def fit(
     diff: str | None = "implicit",
     adjoint: str = "auto",
     vmap_slots: int | str | None = "auto",
+    progress: bool | Callable | None = None,
 ) -> FitResult:
     """Fit `model` to X by EM with `n_restarts` vmapped random restarts.
 
@@ -90,6 +92,10 @@ def fit(
         None for lockstep. Results do not depend on it beyond rounding. Plain EM with
         diff="implicit" (the default) only: diff=None keeps a lockstep loop so that
         forward mode (vmap of jvp) works, and accelerate runs in lockstep.
+      progress: None (default, silent), True (jaxem.progress.PRINTER: a line to stderr at
+        most once a second), or a callable (n_iter, objective, change) called on the host
+        after every iteration of every restart (EM steps and SQUAREM cycles). The callable
+        is part of the compiled program's key: pass the same one to reuse it.
     Returns:
       FitResult of the best restart, with every run in `.restarts`.
     Raises:
@@ -99,7 +105,7 @@ def fit(
     config = FitConfig(
         n_restarts=n_restarts, max_iter=max_iter, criterion=criterion,
         init=None if isinstance(init, dict) else validation.check_choice(init, "init", INIT_METHODS), accelerate=accelerate, diff=diff,
-        adjoint=adjoint, vmap_slots=vmap_slots,
+        adjoint=adjoint, vmap_slots=vmap_slots, progress=PRINTER if progress is True else (progress or None),
     )
     tol = validation.check_non_negative(tol, "tol")
     data = model.as_data(X)

@@ -8,6 +8,7 @@ field here plus the one place that reads it.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 from jaxem import validation
 from jaxem.implicit import ADJOINT_SOLVERS
@@ -33,6 +34,8 @@ class FitConfig:
     adjoint: the implicit adjoint solver (jaxem.implicit).
     vmap_slots: problems in flight when a fit is vmapped over data sets ("auto", an int,
       or None for lockstep; jaxem.schedule).
+    progress: None, or a callable (n_iter, objective, change) called from inside the
+      compiled loop after every iteration of every run (jaxem.progress).
     """
 
     n_restarts: int = 1
@@ -44,6 +47,7 @@ class FitConfig:
     diff: str | None = "implicit"
     adjoint: str = "auto"
     vmap_slots: int | str | None = "auto"
+    progress: Callable | None = None
 
     def __post_init__(self):
         validation.check_positive_int(self.n_restarts, "n_restarts")
@@ -58,6 +62,8 @@ class FitConfig:
         validation.check_choice(self.adjoint, "adjoint", ADJOINT_SOLVERS)
         if not (self.vmap_slots is None or self.vmap_slots == "auto"):
             validation.check_positive_int(self.vmap_slots, 'vmap_slots (or "auto", None)')
+        if self.progress is not None and not callable(self.progress):
+            raise ValueError(f"progress must be None, True or a callable, got {self.progress!r}.")
         if self.accelerate is not None and self.diff == "unroll":
             raise ValueError(
                 'diff="unroll" differentiates plain EM iterations; with accelerate use '

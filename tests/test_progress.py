@@ -1,0 +1,59 @@
+"""progress=: the values reported from inside the compiled loop are the fit's own trace."""
+
+import jax
+import numpy as np
+import pytest
+
+import jaxem
+from jaxem import progress
+
+
+def data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(120, 2)) + 4.0 * rng.integers(2, size=(120, 1))
+
+
+@pytest.mark.parametrize("accelerate", [None, "squarem"])
+def test_callback_reports_every_iteration_of_every_restart(accelerate):
+    calls = []
+    record = lambda n_iter, value, change: calls.append((int(n_iter), float(value), float(change)))  # noqa: E731
+    result = jaxem.fit(
+        jaxem.GaussianMixture(2), data(), key=jax.random.key(0), n_restarts=2, max_iter=12, tol=0.0,
+        accelerate=accelerate, progress=record,
+    )
+    traces = np.asarray(result.restarts.trace)
+    assert len(calls) == 2 * 12
+    changes = {(n, value): change for n, value, change in calls}
+    for trace in traces:
+        # EM reports at iteration n the objective at the params entering it; SQUAREM the
+        # objective at the iterate cycle n accepts.
+        first = 1 if accelerate is None else 0
+        for n in range(1, 12):
+            change = changes[(n + first, trace[n])]
+            # the same subtraction up to rounding (XLA may fuse it with the division)
+            np.testing.assert_allclose(change, trace[n] - trace[n - 1], rtol=0, atol=4e-16 * abs(trace[n]))
+
+
+def test_printer_prints_to_its_stream_at_most_once_per_interval():
+    lines = []
+
+    class Stream:
+        def write(self, text):
+            lines.append(text)
+
+    printer = progress.Printer(interval=3600.0, stream=Stream())
+    for n in range(1, 50):
+        printer(n, -1.0 / n, 1.0 / n**2)
+    assert "".join(lines).count("\n") == 1  # the first iteration only, within the interval
+    printer = progress.Printer(interval=0.0, stream=Stream())
+    lines.clear()
+    for n in range(1, 5):
+        printer(n, -1.0, 0.0)
+    assert "".join(lines).count("iter") == 4
+
+
+def test_progress_true_prints_and_bad_progress_raises(capfd):
+    jaxem.fit(jaxem.GaussianMixture(2), data(), key=jax.random.key(0), max_iter=3, tol=0.0, progress=True)
+    assert "iter      1  objective" in capfd.readouterr().err
+    with pytest.raises(ValueError, match="progress"):
+        jaxem.fit(jaxem.GaussianMixture(2), data(), key=jax.random.key(0), progress="yes")

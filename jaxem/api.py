@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from jaxem import units, validation
 from jaxem.config import FitConfig
-from jaxem.core import FitResult
+from jaxem.core import FitResult, Progress
 from jaxem.init import INIT_METHODS
 from jaxem.precision import full_precision
 from jaxem.progress import PRINTER
@@ -51,6 +51,7 @@ def fit(
     adjoint: str = "auto",
     vmap_slots: int | str | None = "auto",
     progress: bool | Callable | None = None,
+    resume: FitResult | None = None,
 ) -> FitResult:
     """Fit `model` to X by EM with `n_restarts` vmapped random restarts.
 
@@ -96,6 +97,12 @@ def fit(
         most once a second), or a callable (n_iter, objective, change) called on the host
         after every iteration of every restart (EM steps and SQUAREM cycles). The callable
         is part of the compiled program's key: pass the same one to reuse it.
+      resume: a FitResult of a plain-EM fit of this model on the same data (or one
+        loaded with jaxem.load) to continue: every restart carries on from its params,
+        iteration count, objective and trace, until the new max_iter (the total) or its
+        stopping rule, computing what one uninterrupted fit computes (bit for bit for
+        closed-form M-steps; an M-step optimiser state carried across iterations starts
+        afresh). key, init and n_restarts are then ignored.
     Returns:
       FitResult of the best restart, with every run in `.restarts`.
     Raises:
@@ -113,19 +120,41 @@ def fit(
     config = config.replace(chunk_size=auto_chunk_size(model, n_units) if chunk_size == "auto" else chunk_size)
     sample_weight = validation.as_sample_weight(sample_weight, n_units, units.float_dtype(data))
     start = model.start_params(init, data) if isinstance(init, dict) else None
+    if resume is not None:
+        start, progress_so_far = resumed_restarts(resume, config, units.float_dtype(data))
+        config = config.replace(n_restarts=units.n_units(progress_so_far.n_iter))
+        return _fit(model, data, sample_weight, key, start, tol, config, progress_so_far)
     return _fit(model, data, sample_weight, key, start, tol, config)
 
 
+def resumed_restarts(resume: FitResult, config: FitConfig, dtype: Any) -> tuple[Any, Progress]:
+    """(params of every restart, their core.Progress) of a FitResult to resume.
+
+    Raises:
+      ValueError: not a fit's result (no restarts), an accelerated fit, or a config the
+        resumed runs cannot continue under.
+    """
+    runs = getattr(resume, "restarts", None)
+    if runs is None or not hasattr(runs, "trace"):
+        raise ValueError("resume must be the FitResult of jaxem.fit (with its .restarts).")
+    if config.accelerate is not None:
+        raise ValueError("resume continues plain EM runs; fit with accelerate=None.")
+    params = jax.tree.map(lambda leaf: jnp.asarray(leaf, dtype), runs.params)
+    return params, Progress.of(runs._replace(trace=jnp.asarray(runs.trace, dtype)))
+
+
 @partial(jax.jit, static_argnames=("config",))
-def _fit(model, data, sample_weight, key, start, tol, config: FitConfig):
+def _fit(model, data, sample_weight, key, start, tol, config: FitConfig, resume: Progress | None = None):
     # Every matrix product of the fit at full float32 precision on GPUs/TPUs (jaxem.precision).
     with full_precision():
-        if start is None:
+        if resume is not None:
+            init_params = start
+        elif start is None:
             keys = jax.random.split(key, config.n_restarts)
             init_params = jax.vmap(
                 lambda k: model.init_params(k, data, sample_weight, config.init, config.chunk_size)
             )(keys)
         else:
             init_params = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (config.n_restarts,) + leaf.shape), start)
-        restarts = run_restarts(model, init_params, data, sample_weight, tol, config)
+        restarts = run_restarts(model, init_params, data, sample_weight, tol, config, resume)
         return select_best(restarts)

@@ -224,6 +224,36 @@ def start_state(params: Any, m_state: Any, dtype: Any, max_iter: int) -> EMState
     )
 
 
+class Progress(NamedTuple):
+    """How far a stopped run got, for `run_em(..., resume=)`: its objective at the params
+    entering its last iteration, its iteration count and its trace (any length; the
+    first n_iter entries are kept). All floats, so that the implicit-gradient solve can take
+    them as (gradient-free) inputs."""
+
+    objective: jax.Array
+    n_iter: jax.Array
+    trace: jax.Array
+
+    @classmethod
+    def of(cls, result: FitResult) -> "Progress":
+        """The progress of a FitResult (one run, or restarts with a leading axis)."""
+        trace = jnp.asarray(result.trace)
+        n_iter = jnp.asarray(result.n_iter)
+        last = jnp.take_along_axis(trace, jnp.maximum(n_iter - 1, 0)[..., None], axis=-1)[..., 0]
+        return cls(objective=last, n_iter=n_iter.astype(trace.dtype), trace=trace)
+
+
+def resumed_state(start: EMState, resume: Progress) -> EMState:
+    """`start` (built from the resumed params) carrying on from `resume`'s iteration."""
+    n_iter = resume.n_iter.astype(jnp.int32)
+    kept = jnp.where(jnp.arange(resume.trace.shape[-1]) < n_iter, resume.trace, jnp.nan)
+    width = start.trace.shape[0]
+    trace = jnp.full((width,), jnp.nan, start.trace.dtype).at[: min(width, kept.shape[0])].set(kept[:width])
+    objective = jnp.where(n_iter > 0, resume.objective, start.objective).astype(start.objective.dtype)
+    status = jnp.where(n_iter >= width, Status.MAX_ITER, Status.RUNNING).astype(jnp.int32)
+    return start._replace(objective=objective, n_iter=n_iter, status=status, trace=trace)
+
+
 def em_iteration(state: EMState, em_data: EMData, config: FitConfig) -> EMState:
     """One E+M step from `state` with the stopping rule applied: the body of plain EM's
     loop and of the accelerators' EM phases. A non-finite step keeps the previous params."""
@@ -282,6 +312,7 @@ def run_em(
     *,
     tol: Any,
     config: FitConfig | None = None,
+    resume: Progress | None = None,
     **options,
 ) -> FitResult:
     """EM from `init_params` until the stopping rule holds, max_iter, or a non-finite value.
@@ -307,6 +338,9 @@ def run_em(
       tol: scalar (may be traced).
       config: the static options (jaxem.config.FitConfig); `options` override its fields
         by name (run_em(..., max_iter=50, criterion="params")).
+      resume: None, or the `Progress` of a stopped run whose params are init_params: the
+        run continues from its iteration count, objective and trace (config.max_iter then
+        bounds the total), computing exactly what one uninterrupted run computes.
     Returns:
       FitResult with best_restart and restarts None.
     """
@@ -314,21 +348,23 @@ def run_em(
     dtype = units.float_dtype(data)
     tol = jnp.asarray(tol, dtype)
 
-    def solve(init_params, model, data, sample_weight, tol):
+    def solve(init_params, model, data, sample_weight, tol, resume):
         # Fixed features of the data (model.precompute), built once, outside the loop.
         prepared = parallel.prepare(model, data, sample_weight, config.chunk_size)
         start = start_state(init_params, model.init_m_state(init_params), dtype, config.max_iter)
+        if resume is not None:
+            start = resumed_state(start, resume)
         body = lambda state, em_data: em_iteration(state, em_data, config)
         final = _loop(body, start, EMData(model, data, sample_weight, prepared, tol), config)
         return final.params, final._replace(params=None)
 
     if config.diff == "implicit":
 
-        def fixed_point_map(params, final, model, data, sample_weight, tol):
+        def fixed_point_map(params, final, model, data, sample_weight, tol, resume):
             return em_update(model, params, final.m_state, data, sample_weight, config.chunk_size)[1]
 
         solve = implicit.custom_fixed_point(fixed_point_map, solver=config.adjoint, max_iter=config.max_iter)(solve)
-    params, final = solve(init_params, model, data, sample_weight, tol)
+    params, final = solve(init_params, model, data, sample_weight, tol, resume)
     final_value, _ = objective(model, params, data, sample_weight, config.chunk_size)
     return fit_result(
         params, final_value, n_iter=final.n_iter, status=final.status, trace=final.trace,

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from jaxem import accel
 from jaxem.config import FitConfig
-from jaxem.core import FitResult, Status, run_em
+from jaxem.core import FitResult, Progress, Status, run_em
 
 
 def runner_for(config: FitConfig):
@@ -27,14 +27,21 @@ def runner_for(config: FitConfig):
 
 
 def run_restarts(
-    model: Any, init_params: Any, data: Any, sample_weight: jax.Array, tol: Any, config: FitConfig
+    model: Any, init_params: Any, data: Any, sample_weight: jax.Array, tol: Any, config: FitConfig,
+    resume: Progress | None = None,
 ) -> FitResult:
-    """`runner_for(config)` vmapped over the leading (n_restarts) axis of init_params.
+    """`runner_for(config)` vmapped over the leading (n_restarts) axis of init_params (and
+    of `resume`, the restarts' core.Progress when continuing plain EM runs).
 
     Returns a FitResult whose fields all have a leading n_restarts axis.
     """
     runner = runner_for(config)
-    return jax.vmap(lambda params: runner(model, params, data, sample_weight, tol=tol, config=config))(init_params)
+    if resume is None:
+        return jax.vmap(lambda params: runner(model, params, data, sample_weight, tol=tol, config=config))(init_params)
+    resumed = lambda params, progress: runner(  # noqa: E731
+        model, params, data, sample_weight, tol=tol, config=config, resume=progress
+    )
+    return jax.vmap(resumed)(init_params, resume)
 
 
 def best_restart_index(restarts: FitResult) -> jax.Array:

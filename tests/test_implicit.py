@@ -278,6 +278,9 @@ class GradientStepMixture(MixtureModel):
 
         return jax.lax.fori_loop(0, self.n_steps, ascend, params), m_state
 
+    def param_constraints(self, params):
+        return IsotropicParams("real", "real")
+
     def params_from_dict(self, values, n_features, dtype):
         return IsotropicParams(jnp.asarray(values["means"], dtype), jnp.asarray(values["log_variances"], dtype))
 

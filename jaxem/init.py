@@ -92,14 +92,20 @@ def distance_ranks(X: jax.Array, centers: jax.Array) -> jax.Array:
     return jnp.sum(offsets * offsets, axis=1)[:, None] - 2.0 * (offsets @ (X - X[0]).T)
 
 
-def hard_responsibilities(X: jax.Array, centers: jax.Array) -> jax.Array:
+def hard_responsibilities(X: jax.Array, centers: jax.Array, active: jax.Array | None = None) -> jax.Array:
     """One-hot responsibilities (n_centers, n_samples) assigning each point its nearest
     center (the first of equally near ones; for more than UNROLL_AXIS centers, nearest up
-    to float rounding of `distance_ranks`)."""
+    to float rounding of `distance_ranks`); active: None or (n_centers,) bool, the centers
+    that may be chosen."""
     if len(centers) > UNROLL_AXIS:
-        nearest = jnp.argmin(distance_ranks(X, centers), axis=0)
+        ranks = distance_ranks(X, centers)
+        if active is not None:
+            ranks = jnp.where(active[:, None], ranks, jnp.inf)
+        nearest = jnp.argmin(ranks, axis=0)
         return (jnp.arange(len(centers))[:, None] == nearest).astype(X.dtype)
     distances = [squared_distance_to(X, center) for center in centers]
+    if active is not None:
+        distances = [jnp.where(active[k], d, jnp.inf) for k, d in enumerate(distances)]
     nearest = functools.reduce(jnp.minimum, distances)
     taken = jnp.zeros(X.shape[0], bool)
     rows = []
@@ -118,13 +124,23 @@ def random_responsibilities(key: jax.Array, n_samples: int, n_components: int, d
 
 
 def initial_responsibilities(
-    key: jax.Array, X: jax.Array, sample_weight: jax.Array, n_components: int, method: str
+    key: jax.Array, X: jax.Array, sample_weight: jax.Array, n_components: int, method: str,
+    active: jax.Array | None = None,
 ) -> jax.Array:
-    """Responsibilities (n_components, n_samples) from one of INIT_METHODS."""
+    """Responsibilities (n_components, n_samples) from one of INIT_METHODS.
+
+    active: None, or (n_components,) bool: only these components get responsibility. The
+    first m k-means++ centers do not depend on n_components, so with the first m active
+    "kmeans++" gives what it gives for m components.
+    """
     if method == "kmeans++":
-        return hard_responsibilities(X, kmeans_plusplus_centers(key, X, sample_weight, n_components))
+        return hard_responsibilities(X, kmeans_plusplus_centers(key, X, sample_weight, n_components), active)
     if method == "random_from_data":
-        return hard_responsibilities(X, random_from_data_centers(key, X, sample_weight, n_components))
+        return hard_responsibilities(X, random_from_data_centers(key, X, sample_weight, n_components), active)
     if method == "random":
-        return random_responsibilities(key, X.shape[0], n_components, X.dtype)
+        resp = random_responsibilities(key, X.shape[0], n_components, X.dtype)
+        if active is None:
+            return resp
+        resp = jnp.where(active[:, None], resp, 0.0)
+        return resp / jnp.sum(resp, axis=0, keepdims=True)
     raise ValueError(f"init must be one of {INIT_METHODS} or a dict of params, got {method!r}.")

@@ -140,7 +140,15 @@ class MixtureModel(Model):
     ) -> Any:
         """Starting params from one of jaxem.init.INIT_METHODS (one M-step on responsibilities);
         chunk_size: the fit's E-step chunks (see `params_from_resp_t`)."""
-        resp_t = init_lib.initial_responsibilities(key, X, sample_weight, self.n_components, method)
+        return self.init_params_among(key, X, sample_weight, method, chunk_size, active=None)
+
+    def init_params_among(
+        self, key: jax.Array, X: jax.Array, sample_weight: jax.Array, method: str, chunk_size: int | None,
+        active: jax.Array | None,
+    ) -> Any:
+        """`init_params` with responsibility only for the `active` components ((K,) bool, or
+        None for all); see jaxem.init.initial_responsibilities."""
+        resp_t = init_lib.initial_responsibilities(key, X, sample_weight, self.n_components, method, active)
         return self.params_from_resp_t(X, resp_t * sample_weight[None, :], chunk_size)
 
     def params_from_resp_t(self, X: jax.Array, resp_t: jax.Array, chunk_size: int | None = None) -> Any:

@@ -5,8 +5,9 @@ times as a new subprocess (`python -m jaxem.cli demo`): "cold" (empty cache: eve
 compiles and is written), "warm" (the same folder again: programs are read back), and
 "no cache" (JAXEM_NO_COMPILATION_CACHE=1, for reference). Reported: the median over rounds
 of the subprocess wall time (interpreter start, imports, data, fits, plot, exit) and of the
-demo's own "total time" line (from after `import jaxem`), the cache's size, and the load
-average (the benchmark machine is shared: its other work inflates every time).
+demo's own "total time" line (from after `import jaxem`), the subprocess's CPU time (user +
+system, less sensitive than wall time to other work on a shared machine), the cache's
+size, and the load average.
 
 Run: python benchmarks/bench_demo.py [--rounds 3] [--out benchmarks/results/demo.json]
 """
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -43,13 +45,16 @@ def demo_env(cache_home: Path | None) -> dict[str, str]:
 def run_demo(workdir: Path, env: dict[str, str]) -> dict:
     """One `jaxem demo` subprocess: wall seconds and the demo's own reported seconds."""
     command = [sys.executable, "-m", "jaxem.cli", "demo", "--plot", str(workdir / "demo.png")]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"jaxem demo failed ({done.returncode}):\n{done.stderr[-2000:]}")
     match = TOTAL_TIME.search(done.stdout)
-    return {"wall_s": wall, "demo_s": float(match.group(1)) if match else None,
+    return {"wall_s": wall, "cpu_s": cpu, "demo_s": float(match.group(1)) if match else None,
             "plot": "plot written" in done.stdout}
 
 
@@ -79,6 +84,7 @@ def summarize(rounds: list[dict]) -> dict:
         demos = [r[variant]["demo_s"] for r in rounds if r[variant]["demo_s"] is not None]
         summary[variant] = {
             "wall_s_median": statistics.median(walls), "wall_s_min": min(walls), "wall_s_max": max(walls),
+            "cpu_s_median": statistics.median(r[variant]["cpu_s"] for r in rounds),
             "demo_s_median": statistics.median(demos) if demos else None,
         }
     return summary
@@ -113,12 +119,13 @@ def main(argv: list[str] | None = None) -> dict:
         "python": platform.python_version(),
         "jax_version": jax.__version__,
     }
-    print(f"\n{'run':<10} {'wall s (median)':>16} {'range':>14} {'demo s':>8} {'target':>8}")
+    print(f"\n{'run':<10} {'wall s (median)':>16} {'range':>14} {'demo s':>8} {'CPU s':>7} {'target':>8}")
     for variant in VARIANTS:
         s = summary[variant]
         target = f"< {TARGETS_S[variant]:g}" if variant in TARGETS_S else ""
         demo = f"{s['demo_s_median']:.1f}" if s["demo_s_median"] is not None else "-"
-        print(f"{variant:<10} {s['wall_s_median']:>16.1f} {s['wall_s_min']:>6.1f}-{s['wall_s_max']:<7.1f} {demo:>8} {target:>8}")
+        print(f"{variant:<10} {s['wall_s_median']:>16.1f} {s['wall_s_min']:>6.1f}-{s['wall_s_max']:<7.1f} {demo:>8} "
+              f"{s['cpu_s_median']:>7.1f} {target:>8}")
     print(f"cache: {statistics.median(report['cache_files']):.0f} files, "
           f"{statistics.median(report['cache_bytes']) / 2**20:.1f} MiB; load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs")

@@ -15,13 +15,36 @@ import numpy as np
 SIGMAS = (1.0, 2.0)  # Mahalanobis radii of the drawn covariance ellipses
 
 
-def _pyplot():
-    """matplotlib.pyplot, or an ImportError that says how to install it."""
+def _require_matplotlib() -> None:
+    """Import matplotlib, or raise an ImportError that says how to install it."""
     try:
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError as err:
         raise ImportError("jaxem.plot needs matplotlib: pip install jaxem[plot]") from err
+
+
+def _pyplot():
+    """matplotlib.pyplot (only imported to make new figures)."""
+    _require_matplotlib()
+    import matplotlib.pyplot as plt
+
     return plt
+
+
+def _call_predict(model, params, X):
+    return model.predict(params, X)
+
+
+def predict_labels(model: Any, params: Any, X: np.ndarray) -> np.ndarray:
+    """(n_samples,) model.predict, compiled as one program for pytree models (the built-in
+    families; eagerly it dispatches dozens of small programs), else eager."""
+    import jax
+
+    try:
+        labels = jax.jit(_call_predict)(model, params, X)
+    except TypeError:  # a model that is not a pytree of arrays
+        labels = model.predict(params, X)
+    return np.asarray(labels)
 
 
 def _axes(ax, **subplots):
@@ -115,7 +138,7 @@ def plot_components(model: Any, params: Any, X: Any, features: tuple[int, int] =
     feature_names: optional D names for the axis labels.
     Returns the Figure.
     """
-    _pyplot()
+    _require_matplotlib()
     from matplotlib.patches import Ellipse
 
     X = np.asarray(X, dtype=float)
@@ -130,7 +153,7 @@ def plot_components(model: Any, params: Any, X: Any, features: tuple[int, int] =
     covariances = np.asarray(params.covariances)
     K = means.shape[0]
     pairs = pair_covariances(covariances, _covariance_type(model, covariances), K, features)
-    labels = np.asarray(model.predict(params, X))
+    labels = predict_labels(model, params, X)
     fig, ax = _axes(ax)
     colours = [f"C{k % 10}" for k in range(K)]
     ax.scatter(X[:, features[0]], X[:, features[1]], c=[colours[k] for k in labels], s=8, alpha=0.6, linewidths=0)

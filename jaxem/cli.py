@@ -313,9 +313,10 @@ def format_family_params(params, family: str, names: list[str], options: dict) -
 
 
 def fit_and_report(X, names, n_components, covariance_type, n_restarts, seed, max_iter, tol,
-                   family="gaussian", options=None):
+                   family="gaussian", options=None, progress=False):
     """Fit a mixture of `family` (Gaussian with `covariance_type` by default) and return
-    (result, model, printed report)."""
+    (result, model, printed report); progress: print the iterations of a running fit to
+    stderr (jaxem.fit's progress=True)."""
     import jax
 
     import jaxem
@@ -325,7 +326,9 @@ def fit_and_report(X, names, n_components, covariance_type, n_restarts, seed, ma
         options.setdefault("covariance_type", covariance_type)
     model = build_model(family, n_components, options)
     # NumPy copies: formatting indexes the result many times, each an XLA dispatch on jax arrays.
-    result = jax.device_get(jaxem.fit(model, X, key=jax.random.key(seed), n_restarts=n_restarts, max_iter=max_iter, tol=tol))
+    result = jax.device_get(jaxem.fit(
+        model, X, key=jax.random.key(seed), n_restarts=n_restarts, max_iter=max_iter, tol=tol, progress=progress or None
+    ))
     if family == "gaussian":
         title = f"Gaussian mixture, K={n_components}, covariance={options['covariance_type']}, "
         table = format_params(result.params, options["covariance_type"], names)
@@ -508,7 +511,7 @@ def run_fit(args) -> int:
     options = model_options(args.family, given, X)
     result, model, report = fit_and_report(
         X, names, args.k, options.get("covariance_type"), args.restarts, args.seed, args.max_iter, args.tol,
-        family=args.family, options=options,
+        family=args.family, options=options, progress=args.progress,
     )
     notes = []
     if args.out:
@@ -633,6 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--json", action="store_true",
                      help="print a JSON report (params, status, log-likelihood, n_iter, restarts) instead of tables")
     fit.add_argument("--plot", help="write a PNG: data and component ellipses (gaussian, student_t), else EM traces")
+    fit.add_argument("--progress", action="store_true",
+                     help="print iteration, objective and change of the running fit to stderr (at most once a second)")
     fit.set_defaults(run=run_fit)
     return parser
 

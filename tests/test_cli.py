@@ -354,3 +354,12 @@ def test_cli_process_writes_its_cache_only_where_told(tmp_path):
     subprocess.run(command, env={**env, "XDG_CACHE_HOME": str(opted_out), cli.NO_CACHE_ENV: "1"}, check=True,
                    capture_output=True)
     assert not opted_out.exists()
+
+
+def test_fit_progress_prints_iterations_to_stderr(tmp_path, capsys):
+    path = tmp_path / "data.csv"
+    np.savetxt(path, np.random.default_rng(0).normal(size=(60, 2)), delimiter=",")
+    status, out, err = run(capsys, "fit", str(path), "-k", "2", "--restarts", "2", "--max-iter", "5", "--tol", "0", "--progress")
+    assert status == 0
+    assert "iter      1  objective" in err
+    assert "iter      1  objective" not in out

@@ -3,6 +3,17 @@
 from jaxem.models.bernoulli_mixture import BernoulliMixture, BernoulliMixtureParams, BernoulliMixtureStats
 from jaxem.models.categorical_mixture import CategoricalMixture, CategoricalMixtureParams, CategoricalMixtureStats
 from jaxem.models.gaussian_mixture import GaussianMixture, GaussianMixtureParams, GaussianMixtureStats
+from jaxem.models.hmm import HMMStats, Sequences
+from jaxem.models.hmm_emissions import (
+    CategoricalHMM,
+    CategoricalHMMParams,
+    GaussianHMM,
+    GaussianHMMParams,
+    GaussianHMMStats,
+    PoissonHMM,
+    PoissonHMMParams,
+)
+from jaxem.models.hmm_generic import HMM, HMMParams
 from jaxem.models.latent_model import LatentModel
 from jaxem.models.mixture_of_regressions import (
     MixtureOfRegressions,
@@ -16,19 +27,30 @@ __all__ = [
     "BernoulliMixture",
     "BernoulliMixtureParams",
     "BernoulliMixtureStats",
+    "CategoricalHMM",
+    "CategoricalHMMParams",
     "CategoricalMixture",
     "CategoricalMixtureParams",
     "CategoricalMixtureStats",
+    "GaussianHMM",
+    "GaussianHMMParams",
+    "GaussianHMMStats",
     "GaussianMixture",
     "GaussianMixtureParams",
     "GaussianMixtureStats",
+    "HMM",
+    "HMMParams",
+    "HMMStats",
     "LatentModel",
     "MixtureOfRegressions",
     "MixtureOfRegressionsParams",
     "MixtureOfRegressionsStats",
+    "PoissonHMM",
+    "PoissonHMMParams",
     "PoissonMixture",
     "PoissonMixtureParams",
     "PoissonMixtureStats",
+    "Sequences",
     "StudentTMixture",
     "StudentTMixtureParams",
     "StudentTMixtureStats",

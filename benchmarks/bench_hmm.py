@@ -1,0 +1,295 @@
+"""Gaussian-HMM Baum-Welch speed: jaxem (float32, float64) against hmmlearn in one run.
+
+Configuration (the issue's): full covariances, K=8 states, D=4 features, 50 sequences of
+length 1000, a fixed number of EM iterations (tol=0) from one fixed start, so every library
+does the same work. Reported:
+  * per-iteration time of each library: median over alternating rounds (jaxem float32,
+    jaxem float64, hmmlearn, then again) of the fit's wall time divided by the iteration
+    count. hmmlearn runs its default log-space forward-backward (the reference of the
+    ratios, the same log-space algorithm as jaxem's) and, as a second row, its
+    implementation="scaling" (probabilities rescaled per step: no exp/log per entry).
+    A jaxem fit also evaluates the objective at its final params, one E-step more than
+    hmmlearn's; it is counted against jaxem. Compile time is reported separately.
+  * 16 restarts (kmeans++ starts) as one vmapped jaxem program against 1 restart.
+  * the E-step (forward-backward on every sequence plus the statistics) as the sequence
+    length T doubles from 250 to 4000, with method="sequential" (lax.scan) and
+    method="parallel" (associative scan, O(T K^3) work), float32.
+  * dynamax (optional, not a jaxem dependency): GaussianHMM.fit_em from the same start,
+    float32, in a separate process of another Python environment that has dynamax and
+    jaxem's dependencies (--dynamax-python), measured after the others. Its default
+    priors make its M-step a MAP estimate; the work per iteration is the same.
+
+Usage (from the repository root):
+  python benchmarks/bench_hmm.py           # full sizes, writes benchmarks/results/hmm_cpu.json
+  python benchmarks/bench_hmm.py --quick   # small sizes, seconds; a smoke test
+  python benchmarks/bench_hmm.py --dynamax-python /path/to/venv/bin/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jaxem  # noqa: E402
+
+FULL = dict(k=8, d=4, n_sequences=50, length=1000, iters=10, rounds=5, restarts=16,
+            lengths=[250, 500, 1000, 2000, 4000], estep_repeats=5)
+QUICK = dict(k=3, d=2, n_sequences=4, length=100, iters=3, rounds=1, restarts=4,
+             lengths=[50, 100], estep_repeats=1)
+
+
+def problem(k: int, d: int, n_sequences: int, length: int, seed: int = 0):
+    """Sequences from a sticky K-state Gaussian HMM (numpy), and a fixed perturbed start."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(scale=3.0, size=(k, d))
+    transition = 0.9 * np.eye(k) + 0.1 / k
+    states = np.zeros((n_sequences, length), int)
+    states[:, 0] = rng.integers(k, size=n_sequences)
+    cumulative = np.cumsum(transition, axis=1)
+    for t in range(1, length):
+        u = rng.uniform(size=n_sequences)
+        states[:, t] = np.minimum((u[:, None] > cumulative[states[:, t - 1]]).sum(axis=1), k - 1)
+    X = means[states] + rng.normal(size=(n_sequences, length, d))
+    start = dict(
+        initial=np.full(k, 1.0 / k),
+        transition=0.5 * np.eye(k) + 0.5 / k,
+        means=means + rng.normal(scale=0.5, size=(k, d)),
+        covariances=np.broadcast_to(2.0 * np.eye(d), (k, d, d)).copy(),
+    )
+    return X, start
+
+
+def seconds(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def jaxem_runner(X: np.ndarray, start: dict, k: int, iters: int, dtype: str):
+    model = jaxem.GaussianHMM(k, covariance_type="full")
+    data = (X.astype(dtype), None)
+    init = {name: value.astype(dtype) for name, value in start.items()}
+    return lambda: jax.block_until_ready(
+        jaxem.fit(model, data, key=jax.random.key(0), init=init, max_iter=iters, tol=0.0, diff=None)
+    )
+
+
+def hmmlearn_runner(X: np.ndarray, start: dict, k: int, iters: int, implementation: str = "log"):
+    import logging
+
+    from hmmlearn import hmm
+
+    logging.getLogger("hmmlearn").setLevel(logging.ERROR)
+    flat, lengths = X.reshape(-1, X.shape[-1]), np.full(X.shape[0], X.shape[1])
+
+    def run():
+        ref = hmm.GaussianHMM(
+            k, covariance_type="full", init_params="", n_iter=iters, tol=-np.inf, implementation=implementation
+        )
+        ref.startprob_, ref.transmat_ = start["initial"], start["transition"]
+        ref.means_, ref.covars_ = start["means"], start["covariances"]
+        return ref.fit(flat, lengths)
+
+    return run
+
+
+def dynamax_runner(X: np.ndarray, start: dict, k: int, iters: int):
+    """dynamax's GaussianHMM.fit_em from the same start, float32 (run with x64 disabled)."""
+    from dynamax.hidden_markov_model import GaussianHMM
+
+    model = GaussianHMM(k, X.shape[-1])
+    params, props = model.initialize(
+        jax.random.key(0), method="prior",
+        initial_probs=jnp.asarray(start["initial"], jnp.float32),
+        transition_matrix=jnp.asarray(start["transition"], jnp.float32),
+        emission_means=jnp.asarray(start["means"], jnp.float32),
+        emission_covariances=jnp.asarray(start["covariances"], jnp.float32),
+    )
+    emissions = jnp.asarray(X, jnp.float32)
+    return lambda: jax.block_until_ready(model.fit_em(params, props, emissions, num_iters=iters, verbose=False))
+
+
+def measure_libraries(cfg: dict) -> dict:
+    X, start = problem(cfg["k"], cfg["d"], cfg["n_sequences"], cfg["length"])
+    iters = cfg["iters"]
+    runners = {
+        "jaxem float32": jaxem_runner(X, start, cfg["k"], iters, "float32"),
+        "jaxem float64": jaxem_runner(X, start, cfg["k"], iters, "float64"),
+        "hmmlearn float64": hmmlearn_runner(X, start, cfg["k"], iters),
+        "hmmlearn float64 scaling": hmmlearn_runner(X, start, cfg["k"], iters, "scaling"),
+    }
+    first = {name: seconds(run) for name, run in runners.items()}
+    samples = {name: [] for name in runners}
+    for _ in range(cfg["rounds"]):  # alternate libraries round by round
+        for name, run in runners.items():
+            samples[name].append(seconds(run))
+    rows = {name: timing_row(first[name], samples[name], iters) for name in runners}
+    return rows
+
+
+def timing_row(first: float, samples: list[float], iters: int) -> dict:
+    steady = float(np.median(samples))
+    return dict(first_s=first, steady_s=steady, compile_s=max(first - steady, 0.0), samples_s=samples,
+                iters=iters, ms_per_iter=1e3 * steady / iters)
+
+
+def measure_dynamax_here(cfg: dict) -> dict:
+    """The --dynamax-only mode: dynamax timings in this process (x64 off).
+
+    fit_em jit-compiles its EM scan on every call, so a call's time includes compilation;
+    the per-iteration time is the difference between fits of 2 * iters and iters
+    iterations (medians over rounds), divided by iters."""
+    X, start = problem(cfg["k"], cfg["d"], cfg["n_sequences"], cfg["length"])
+    iters = cfg["iters"]
+    runs = {n: dynamax_runner(X, start, cfg["k"], n) for n in (iters, 2 * iters)}
+    for run in runs.values():
+        run()
+    samples = {n: [] for n in runs}
+    for _ in range(cfg["rounds"]):
+        for n, run in runs.items():
+            samples[n].append(seconds(run))
+    one, two = (float(np.median(samples[n])) for n in runs)
+    per_iter = max(two - one, 1e-9) / iters
+    return dict(first_s=one, steady_s=per_iter * iters, compile_s=max(one - per_iter * iters, 0.0),
+                samples_s=samples[iters], samples_2x_s=samples[2 * iters], iters=iters, ms_per_iter=1e3 * per_iter,
+                note="per iteration from the difference of 2*iters and iters fits (fit_em recompiles per call)")
+
+
+def measure_dynamax(python: str, quick: bool) -> dict | None:
+    """dynamax timings from `python` (another environment), or None if that fails."""
+    command = [python, str(Path(__file__).resolve()), "--dynamax-only"] + (["--quick"] if quick else [])
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"dynamax run failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure_restarts(cfg: dict) -> dict:
+    X, _ = problem(cfg["k"], cfg["d"], cfg["n_sequences"], cfg["length"])
+    data = (X.astype("float32"), None)
+    model = jaxem.GaussianHMM(cfg["k"], covariance_type="full")
+
+    def runner(n_restarts):
+        return lambda: jax.block_until_ready(
+            jaxem.fit(model, data, key=jax.random.key(0), n_restarts=n_restarts, max_iter=cfg["iters"], tol=0.0, diff=None)
+        )
+
+    rows = {}
+    runs = {1: runner(1), cfg["restarts"]: runner(cfg["restarts"])}
+    first = {r: seconds(run) for r, run in runs.items()}
+    samples = {r: [] for r in runs}
+    for _ in range(cfg["rounds"]):
+        for r, run in runs.items():
+            samples[r].append(seconds(run))
+    for r in runs:
+        steady = float(np.median(samples[r]))
+        rows[f"{r} restarts"] = dict(first_s=first[r], steady_s=steady, samples_s=samples[r])
+    one, many = rows["1 restarts"]["steady_s"], rows[f"{cfg['restarts']} restarts"]["steady_s"]
+    return dict(
+        dtype="float32", iters=cfg["iters"], rows=rows, time_ratio=many / one,
+        per_restart_speedup=cfg["restarts"] * one / many,
+    )
+
+
+def measure_lengths(cfg: dict) -> list[dict]:
+    """E-step time (jit of model.e_step) against T, sequential vs parallel, float32."""
+    table = []
+    for length in cfg["lengths"]:
+        X, start = problem(cfg["k"], cfg["d"], cfg["n_sequences"], length, seed=1)
+        row = dict(length=length, n_sequences=cfg["n_sequences"])
+        for method in ("sequential", "parallel"):
+            model = jaxem.GaussianHMM(cfg["k"], covariance_type="full", method=method)
+            data = model.as_data((X.astype("float32"), None))
+            params = model.start_params({n: v.astype("float32") for n, v in start.items()}, data)
+            w = jnp.ones(cfg["n_sequences"], jnp.float32)
+            e_step = jax.jit(model.e_step)
+            jax.block_until_ready(e_step(params, data, w))
+            times = [seconds(lambda: jax.block_until_ready(e_step(params, data, w))) for _ in range(cfg["estep_repeats"])]
+            row[f"{method}_ms"] = 1e3 * float(np.median(times))
+        row["parallel_over_sequential"] = row["parallel_ms"] / row["sequential_ms"]
+        table.append(row)
+    return table
+
+
+def markdown(report: dict) -> str:
+    cfg = report["config"]
+    lines = [
+        f"Gaussian HMM, full covariances, K={cfg['k']}, D={cfg['d']}, {cfg['n_sequences']} sequences "
+        f"x {cfg['length']} steps, {cfg['iters']} iterations (tol=0), {report['machine']['cpu_count']} CPU cores",
+        "",
+        "| library | ms / iteration | compile s | hmmlearn / this |",
+        "|---|---|---|---|",
+    ]
+    for name, row in report["libraries"].items():
+        ratio = report["hmmlearn_over"].get(name)
+        lines.append(f"| {name} | {row['ms_per_iter']:.1f} | {row['compile_s']:.2f} | {'' if ratio is None else f'{ratio:.1f}x'} |")
+    restarts = report["restarts"]
+    lines += [
+        "",
+        f"{cfg['restarts']} restarts in one program: {restarts['time_ratio']:.2f}x the time of 1 restart "
+        f"(throughput per restart {restarts['per_restart_speedup']:.2f}x that of separate runs), float32",
+        "",
+        "| T | sequential ms / E-step | parallel ms / E-step | parallel / sequential |",
+        "|---|---|---|---|",
+    ]
+    for row in report["lengths"]:
+        lines.append(f"| {row['length']} | {row['sequential_ms']:.1f} | {row['parallel_ms']:.1f} | {row['parallel_over_sequential']:.2f} |")
+    if "dynamax float32" not in report["libraries"]:
+        lines += ["", "dynamax: not measured (pass --dynamax-python)."]
+    else:
+        lines += ["", "dynamax ran in its own process after the alternating rounds of the others."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/hmm_cpu[_quick].json)")
+    parser.add_argument("--dynamax-python", default=None, help="a Python with dynamax and jaxem's dependencies")
+    parser.add_argument("--dynamax-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    cfg = QUICK if args.quick else FULL
+    if args.dynamax_only:
+        print(json.dumps(measure_dynamax_here(cfg)))
+        return {}
+    jax.config.update("jax_enable_x64", True)  # the float64 runs; float32 data keeps float32
+    out = args.out or ROOT / "benchmarks" / "results" / ("hmm_cpu_quick.json" if args.quick else "hmm_cpu.json")
+    report = dict(
+        machine=dict(
+            platform=platform.platform(), cpu_count=os.cpu_count(), jax=jax.__version__,
+            backend=jax.default_backend(), xla_flags=os.environ.get("XLA_FLAGS", ""),
+        ),
+        config=cfg,
+    )
+    libraries = measure_libraries(cfg)
+    if args.dynamax_python:
+        dynamax = measure_dynamax(args.dynamax_python, args.quick)
+        if dynamax is not None:
+            libraries["dynamax float32"] = dynamax
+    hmmlearn = libraries["hmmlearn float64"]["ms_per_iter"]
+    report["libraries"] = libraries
+    report["hmmlearn_over"] = {name: hmmlearn / row["ms_per_iter"] for name, row in libraries.items() if name != "hmmlearn float64"}
+    report["restarts"] = measure_restarts(cfg)
+    report["lengths"] = measure_lengths(cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 
 from jaxem.models.bernoulli_mixture import BernoulliMixture, BernoulliMixtureParams, BernoulliMixtureStats
 from jaxem.models.categorical_mixture import CategoricalMixture, CategoricalMixtureParams, CategoricalMixtureStats
+from jaxem.models.factor_analysis import PPCA, FactorAnalysis, FactorAnalysisParams, FactorAnalysisStats, PPCAParams
 from jaxem.models.gaussian_mixture import GaussianMixture, GaussianMixtureParams, GaussianMixtureStats
 from jaxem.models.hmm import HMMStats, Sequences
 from jaxem.models.hmm_emissions import (
@@ -15,6 +16,11 @@ from jaxem.models.hmm_emissions import (
 )
 from jaxem.models.hmm_generic import HMM, HMMParams
 from jaxem.models.latent_model import LatentModel
+from jaxem.models.mixture_of_factor_analyzers import (
+    MixtureOfFactorAnalyzers,
+    MixtureOfFactorAnalyzersParams,
+    MixtureOfFactorAnalyzersStats,
+)
 from jaxem.models.mixture_of_regressions import (
     MixtureOfRegressions,
     MixtureOfRegressionsParams,
@@ -32,6 +38,9 @@ __all__ = [
     "CategoricalMixture",
     "CategoricalMixtureParams",
     "CategoricalMixtureStats",
+    "FactorAnalysis",
+    "FactorAnalysisParams",
+    "FactorAnalysisStats",
     "GaussianHMM",
     "GaussianHMMParams",
     "GaussianHMMStats",
@@ -42,9 +51,14 @@ __all__ = [
     "HMMParams",
     "HMMStats",
     "LatentModel",
+    "MixtureOfFactorAnalyzers",
+    "MixtureOfFactorAnalyzersParams",
+    "MixtureOfFactorAnalyzersStats",
     "MixtureOfRegressions",
     "MixtureOfRegressionsParams",
     "MixtureOfRegressionsStats",
+    "PPCA",
+    "PPCAParams",
     "PoissonHMM",
     "PoissonHMMParams",
     "PoissonMixture",

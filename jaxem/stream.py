@@ -1,0 +1,607 @@
+"""Out-of-core EM: the data streamed through the device in blocks of rows, pass by pass.
+
+Statistics add up over data units (docs/design.md), so an E-step over data that does not
+fit in memory is the sum of E-steps over blocks of it. Two fits build on that:
+
+* `fit_stream`: exact (batch) EM. Every iteration streams all blocks through one compiled
+  block E-step, sums their statistics and log-likelihoods, and runs the model's M-step on
+  the sums, with the EM iteration, stopping rule, trace and FitResult of `jaxem.fit`
+  (`jaxem.core.em_iteration`, `core.fit_result`). From the same start it computes what the
+  in-memory `jaxem.fit` computes, to rounding of the summation order (tested to 1e-10 in
+  float64); each iteration costs one pass over the data, plus one final pass that
+  evaluates the objective at the returned params, as `jaxem.fit` does.
+* `fit_online`: stepwise (online) EM (Cappé & Moulines 2009; Liang & Klein 2009). After
+  every block, running statistics s <- (1 - eta_t) s + eta_t (N / W_b) stats(block), with
+  N the total weight of the data and W_b the block's, followed by the M-step: many
+  parameter updates per pass, so one or two passes get close to the batch optimum.
+
+The loop over passes and blocks is a Python loop by necessity (the data is not in
+memory); each block is one call of a compiled program of fixed shapes: the last block is
+padded to the block size with zero-weight copies of its last row, so it reuses it.
+
+Block sources (`blocks`):
+  * a callable returning a fresh iterable of blocks each pass (a generator function
+    reading files, a database cursor, ...); a block is an (n, ...) array or a pair
+    (X, sample_weight);
+  * a list or tuple of such blocks, or one array (a `np.memmap` included);
+  * the path of a .npy file, memory-mapped (np.load(mmap_mode="r")) and read block by block;
+  * the path of a directory of .npy and/or .parquet shards, read in sorted name order
+    (parquet needs pyarrow; its numeric columns, in order, are the features).
+Rows are regrouped into blocks of `block_size` rows (default: the length of the first
+block for lists and callables, DEFAULT_BLOCK_SIZE for paths and arrays), whatever the
+sizes of the pieces, so one compiled shape serves every block. `sample_weight`, when
+given, is one (n_rows,) array aligned with the stream's rows (it may be a memmap too).
+
+Models: the M-step sees only the summed statistics, so a model must declare
+`additive_statistics` and its `maximize` must not use the data (all built-in closed-form
+families; a `LatentModel` with gradient M-steps or a `jaxem.freeze`-guarded model are
+refused with a clear error). Online EM averages statistics computed at different params,
+which needs them in one frame: statistics that are plain sums (Poisson, Bernoulli,
+categorical mixtures) are averaged as they are, a Gaussian mixture's (centred on the means
+they were computed at) are re-centred on every M-step's new means (`reframe_statistics`);
+other families are refused until they provide `reframe_statistics(stats, old, new)`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxem import api, core, parallel, restarts, units, validation
+from jaxem.config import FitConfig
+from jaxem.core import FitResult, Status
+from jaxem.init import INIT_METHODS
+from jaxem.precision import full_precision
+from jaxem.progress import PRINTER
+from jaxem.protocol import check_model
+
+__all__ = ["DEFAULT_BLOCK_SIZE", "default_step_size", "fit_online", "fit_stream", "reframe_statistics"]
+
+DEFAULT_BLOCK_SIZE = 65_536
+
+
+def default_step_size(t: int) -> float:
+    """eta_t = (t + 2) ** -0.6 (Liang & Klein 2009: alpha in (0.5, 1])."""
+    return (t + 2) ** -0.6
+
+
+# --- block sources ---------------------------------------------------------------------------
+def _is_path(blocks: Any) -> bool:
+    return isinstance(blocks, (str, os.PathLike))
+
+
+def _read_parquet(path: Path, batch_rows: int) -> Iterator[np.ndarray]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as err:  # pragma: no cover - pyarrow is optional
+        raise ImportError(f"reading {path} needs pyarrow (pip install pyarrow).") from err
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+        yield np.column_stack([column.to_numpy(zero_copy_only=False) for column in batch.columns])
+
+
+def _read_npy(path: Path, batch_rows: int) -> Iterator[np.ndarray]:
+    """Copies of batch_rows-row slices of a memory-mapped .npy file. Each slice's pages are
+    released from this process once copied (madvise MADV_DONTNEED: they stay in the OS page
+    cache, but not in the process's resident memory), so a pass over a file larger than
+    memory keeps only the blocks in flight resident."""
+    array = np.load(path, mmap_mode="r")
+    if array.ndim == 0 or (array.ndim > 1 and array.flags.f_contiguous and not array.flags.c_contiguous):
+        yield np.asarray(array)  # Fortran order: rows are not contiguous (or a 0-d array)
+        return
+    mapping = getattr(array, "_mmap", None)
+    row_bytes = array.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
+    offset = getattr(array, "offset", 0) % mmap.ALLOCATIONGRANULARITY  # the array's start in the mapping
+    page = mmap.PAGESIZE
+    for start in range(0, array.shape[0], batch_rows):
+        block = np.array(array[start : start + batch_rows])
+        if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            first = (offset + start * row_bytes) // page * page
+            last = offset + (start + block.shape[0]) * row_bytes
+            try:
+                mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+            except (OSError, ValueError):
+                mapping = None
+        yield block
+
+
+def _path_pieces(path: Path, batch_rows: int) -> Iterator[np.ndarray]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".npy", ".parquet"))
+        if not files:
+            raise ValueError(f"the directory {path} holds no .npy or .parquet shards.")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise ValueError(f"no such file or directory: {path}")
+    for file in files:
+        if file.suffix == ".npy":
+            yield from _read_npy(file, batch_rows)
+        elif file.suffix == ".parquet":
+            yield from _read_parquet(file, batch_rows)
+        else:
+            raise ValueError(f"cannot read {file}: blocks from paths are .npy or .parquet files.")
+
+
+class Source:
+    """A re-iterable stream of host blocks of exactly `block_size` rows (the last may be
+    shorter), each with its weights (None for unit weights)."""
+
+    def __init__(self, blocks: Any, block_size: int | None = None, sample_weight: Any = None):
+        if block_size is not None:
+            validation.check_positive_int(block_size, "block_size")
+        if _is_path(blocks):
+            path = Path(blocks)
+            self._pieces = lambda: _path_pieces(path, self.block_size)
+            self.block_size = block_size or DEFAULT_BLOCK_SIZE
+        elif callable(blocks):
+            self._pieces = blocks
+            self.block_size = block_size
+        elif isinstance(blocks, (list, tuple)):
+            if not blocks:
+                raise ValueError("blocks is an empty list.")
+            self._pieces = lambda: iter(blocks)
+            self.block_size = block_size
+        elif hasattr(blocks, "shape") and hasattr(blocks, "__getitem__"):
+            self._pieces = lambda: iter([blocks])
+            self.block_size = block_size or DEFAULT_BLOCK_SIZE
+        else:
+            raise TypeError(
+                "blocks must be a callable returning an iterable of blocks, a list of arrays, an "
+                f"array, or the path of a .npy file or of a directory of shards; got {type(blocks).__name__}."
+            )
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight)  # a memmap stays a view of its file
+            if sample_weight.ndim != 1:
+                raise ValueError(f"sample_weight must be 1-D (one weight per row), got shape {sample_weight.shape}.")
+        self.sample_weight = sample_weight
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        offset, buffer, buffered = 0, [], 0
+        pieces = self._pieces()
+        if pieces is None or not hasattr(pieces, "__iter__"):
+            raise TypeError("a blocks callable must return an iterable of blocks.")
+        for piece in pieces:
+            X, w = piece if isinstance(piece, tuple) else (piece, None)
+            if not hasattr(X, "shape") or getattr(X, "ndim", 0) < 1:
+                X = np.asarray(X)
+            if X.ndim < 1 or X.shape[0] == 0:
+                continue
+            if self.sample_weight is not None:
+                if w is not None:
+                    raise ValueError("give weights either as sample_weight or in the blocks, not both.")
+                w = self.sample_weight[offset : offset + X.shape[0]]
+                if len(w) != X.shape[0]:
+                    raise ValueError(f"sample_weight has fewer entries than the stream's rows (> {offset}).")
+            elif w is not None and np.shape(w) != (X.shape[0],):
+                raise ValueError(f"a block's weights must have shape ({X.shape[0]},), got {np.shape(w)}.")
+            offset += X.shape[0]
+            if self.block_size is None:
+                self.block_size = X.shape[0]
+            start = 0
+            while start < X.shape[0]:
+                take = min(self.block_size - buffered, X.shape[0] - start)
+                buffer.append((X[start : start + take], None if w is None else w[start : start + take]))
+                buffered += take
+                start += take
+                if buffered == self.block_size:
+                    yield _joined(buffer)
+                    buffer, buffered = [], 0
+        if buffered:
+            yield _joined(buffer)
+        if offset == 0:
+            raise ValueError("the blocks hold no rows.")
+        if self.sample_weight is not None and offset != len(self.sample_weight):
+            raise ValueError(f"sample_weight has {len(self.sample_weight)} entries for {offset} rows.")
+
+    def total_weight(self) -> float:
+        """The stream's total weight without an E-step: the sum of sample_weight, or of the
+        pieces' weights and row counts (free for arrays and memory-mapped .npy files; a
+        callable's blocks, and parquet shards, are read once)."""
+        if self.sample_weight is not None:
+            return float(np.sum(np.asarray(self.sample_weight, np.float64)))
+        total = 0.0
+        for piece in self._pieces():
+            X, w = piece if isinstance(piece, tuple) else (piece, None)
+            total += np.shape(X)[0] if w is None else float(np.sum(np.asarray(w, np.float64)))
+        return total
+
+
+def _joined(parts: list) -> tuple[np.ndarray, np.ndarray | None]:
+    X = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts], axis=0)
+    if all(p[1] is None for p in parts):
+        return np.asarray(X), None
+    w = [np.ones(len(p[0])) if p[1] is None else np.asarray(p[1], np.float64) for p in parts]
+    return np.asarray(X), np.concatenate(w) if len(w) > 1 else np.asarray(w[0])
+
+
+# --- one block on the device -------------------------------------------------------------------
+def _device_block(model: Any, X: np.ndarray, w: np.ndarray | None, block_size: int) -> tuple[Any, jax.Array]:
+    """The model's data and weights of one host block, padded to block_size rows with
+    zero-weight copies of its last row (so every block has the compiled shape)."""
+    n = X.shape[0]
+    if n < block_size:
+        X = np.concatenate([X, np.repeat(X[-1:], block_size - n, axis=0)], axis=0)
+    data = model.as_data(X)
+    dtype = units.float_dtype(data)
+    if w is None:
+        weights = np.ones(n, dtype)
+    else:
+        weights = np.asarray(w, dtype)
+        if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+            raise ValueError("sample weights must be finite and non-negative.")
+    if n < block_size:
+        weights = np.concatenate([weights, np.zeros(block_size - n, dtype)])
+    return data, jnp.asarray(weights)
+
+
+@partial(jax.jit, static_argnames=("chunk_size",))
+def _accumulate(total, model, params, data, weights, chunk_size):
+    """total + (statistics, log-likelihood, weight) of one block: the block E-step."""
+    with full_precision():
+        stats, log_lik = parallel.e_step(model, params, data, weights, chunk_size)
+        return parallel.tree_add(total, (stats, log_lik, jnp.sum(weights)))
+
+
+def _zero_totals(model, params, data, weights, chunk_size):
+    shapes = jax.eval_shape(lambda p, d, w: parallel.e_step(model, p, d, w, chunk_size), params, data, weights)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    return zeros + (jnp.zeros((), weights.dtype),)
+
+
+class _Stream:
+    """The blocks of a fit on the device, with one compiled block E-step."""
+
+    def __init__(self, model, source: Source, chunk_size):
+        self.model = model
+        self.source = source
+        self.chunk_size = chunk_size
+        self.first = None
+
+    def first_block(self):
+        if self.first is None:
+            blocks = iter(self.source)
+            try:
+                X, w = next(blocks)
+            finally:
+                blocks.close()
+            self.first = _device_block(self.model, X, w, self.source.block_size)
+            if self.chunk_size == "auto":
+                self.chunk_size = api.auto_chunk_size(self.model, self.source.block_size)
+        return self.first
+
+    def blocks(self):
+        for X, w in self.source:
+            yield _device_block(self.model, X, w, self.source.block_size)
+
+    def e_pass(self, params):
+        """(summed statistics, summed log-likelihood, total weight) at params: one pass.
+
+        At most two blocks are on the device at a time: the next block is read and put on
+        the device while the previous one's E-step runs (dispatch is asynchronous), and
+        then waits for it, so the host never runs ahead of the device by more than a block.
+        """
+        total = previous = None
+        for data, weights in self.blocks():
+            if total is None:
+                total = _zero_totals(self.model, params, data, weights, self.chunk_size)
+            if previous is not None:
+                jax.block_until_ready(previous)
+            previous = total
+            total = _accumulate(total, self.model, params, data, weights, self.chunk_size)
+        return total
+
+
+# --- the model's M-step on summed statistics ----------------------------------------------------
+class _SummedEStep:
+    """`model` seen by jaxem.core.em_iteration with its E-step already done: the data is
+    the (statistics, log-likelihood) summed over the stream, and the M-step gets no data."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def e_step(self, params, summed, weights):
+        return summed
+
+    def log_prior(self, params):
+        return self.model.log_prior(params)
+
+    def maximize(self, stats, params, m_state, data, sample_weight):
+        return self.model.maximize(stats, params, m_state, None, None)
+
+
+def _em_data(model, stats, log_lik, total_weight, tol):
+    weights = jnp.reshape(total_weight, (1,))  # objective divides by sum(weights)
+    summed = (stats, log_lik)
+    return core.EMData(_SummedEStep(model), summed, weights, (summed, weights), tol)
+
+
+@partial(jax.jit, static_argnames=("config",))
+def _iteration(state, model, totals, tol, config):
+    with full_precision():
+        return core.em_iteration(state, _em_data(model, *totals, tol), config)
+
+
+@jax.jit
+def _objective(model, params, totals):
+    with full_precision():
+        em_data = _em_data(model, *totals, jnp.zeros((), totals[2].dtype))
+        return core.objective(em_data.model, params, None, em_data.sample_weight, prepared=em_data.prepared)[0]
+
+
+def _check_streamable(model: Any, what: str) -> None:
+    check_model(model)
+    if not model.additive_statistics:
+        raise ValueError(
+            f"{what} needs statistics that add up over blocks of rows; {type(model).__name__}'s "
+            "(additive_statistics = False) are per-sample responsibilities. Fit it in memory with jaxem.fit."
+        )
+
+
+def _check_maximize_without_data(model, params, m_state, stats, what: str) -> None:
+    try:
+        jax.eval_shape(lambda s, p, m: model.maximize(s, p, m, None, None), stats, params, m_state)
+    except Exception as err:  # noqa: BLE001 - any failure means the M-step needs the data
+        raise TypeError(
+            f"{what} runs the M-step on summed statistics alone, but {type(model).__name__}.maximize "
+            f"needs the data ({type(err).__name__}: {err}). Streaming supports closed-form M-steps "
+            "(the built-in families, unfrozen); fit this model in memory with jaxem.fit."
+        ) from None
+
+
+def _start(model, stream: _Stream, init, key):
+    """Starting params: a dict as jaxem.fit takes it, or an init method on the first block."""
+    data, weights = stream.first_block()
+    if isinstance(init, dict):
+        return model.start_params(init, data)
+    if init is not None:
+        validation.check_choice(init, "init", INIT_METHODS)
+    if key is None:
+        raise ValueError(f"init={init!r} draws random starting params: pass key=jax.random.key(...).")
+    with full_precision():
+        return jax.jit(model.init_params, static_argnums=(3, 4))(key, data, weights, init, stream.chunk_size)
+
+
+def _as_progress(progress):
+    return PRINTER if progress is True else (progress or None)
+
+
+def _single_run(result: FitResult) -> FitResult:
+    """The FitResult of one run as jaxem.fit returns it with n_restarts=1."""
+    return restarts.select_best(jax.tree.map(lambda leaf: jnp.asarray(leaf)[None], result))
+
+
+def fit_stream(
+    model: Any,
+    blocks: Any,
+    *,
+    init: str | dict = "kmeans++",
+    key: jax.Array | None = None,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    criterion: str = "loglik",
+    sample_weight: Any = None,
+    block_size: int | None = None,
+    chunk_size: int | str | None = "auto",
+    progress: bool | Callable | None = None,
+) -> FitResult:
+    """Exact EM on data streamed in blocks: one pass over the blocks per iteration.
+
+    Args:
+      model: a model with additive statistics and a closed-form M-step (module docstring).
+      blocks: the block source (module docstring): a callable returning a fresh iterable of
+        blocks, a list of arrays, an array or memmap, a .npy path, or a directory of shards.
+      init: a dict of starting params as jaxem.fit takes it, or "kmeans++", "random",
+        "random_from_data" computed on the first block (with `key`).
+      max_iter, tol, criterion: as jaxem.fit (stopping rule of jaxem.core).
+      sample_weight: None, or (n_rows,) weights aligned with the stream's rows; blocks may
+        instead be (X, w) pairs.
+      block_size: rows per compiled block (module docstring); memory on the device is
+        O(block_size) (the E-step of a block runs in chunks of `chunk_size` rows, "auto" as
+        jaxem.fit).
+      progress: None, True or a callable (n_iter, objective, change), called once per pass.
+    Returns:
+      jaxem.FitResult as jaxem.fit's with n_restarts=1 (trace: the objective at the params
+      entering each iteration; n_evals: passes over the data, the final evaluation included).
+    Raises:
+      ValueError / TypeError: unusable data, options, or a model that cannot be streamed.
+    """
+    _check_streamable(model, "fit_stream")
+    config = FitConfig(max_iter=max_iter, criterion=criterion, init=None, diff=None, progress=_as_progress(progress))
+    tol = validation.check_non_negative(tol, "tol")
+    stream = _Stream(model, Source(blocks, block_size, sample_weight), chunk_size)
+    params = _start(model, stream, init, key)
+    m_state = model.init_m_state(params)
+    dtype = units.float_dtype(stream.first_block()[0])
+    first = stream.first_block()
+    _check_maximize_without_data(model, params, m_state, _zero_totals(model, params, *first, stream.chunk_size)[0], "fit_stream")
+    stream.first = None  # the first pass reads the first block again; free it meanwhile
+
+    state = core.start_state(params, m_state, dtype, config.max_iter)
+    tol = jnp.asarray(tol, dtype)
+    while int(state.status) == Status.RUNNING:
+        state = _iteration(state, model, stream.e_pass(state.params), tol, config)
+    final_value = _objective(model, state.params, stream.e_pass(state.params))
+    return _single_run(
+        core.fit_result(
+            state.params, final_value, n_iter=state.n_iter, status=state.status, trace=state.trace,
+            n_evals=state.n_iter + 1, method=core.Method.EM,
+        )
+    )
+
+
+# --- online EM ---------------------------------------------------------------------------------
+def _frame_free_types():
+    from jaxem.models.bernoulli_mixture import BernoulliMixtureStats
+    from jaxem.models.categorical_mixture import CategoricalMixtureStats
+    from jaxem.models.poisson_mixture import PoissonMixtureStats
+
+    return (PoissonMixtureStats, BernoulliMixtureStats, CategoricalMixtureStats)
+
+
+def _recentre_gaussian(covariance_type: str, stats, old_means, new_means):
+    """GaussianMixtureStats about old_means -> about new_means (x - c' = (x - c) - d):
+    s' = s - n d, S' = S - s d^T - d s^T + n d d^T (summed / diagonal as the type keeps it)."""
+    n, s, S = stats.counts, stats.centred_sums, stats.centred_squares
+    d = new_means - old_means
+    if covariance_type in ("full", "tied"):
+        cross = s[:, :, None] * d[:, None, :]
+        shift = -cross - jnp.swapaxes(cross, -1, -2) + n[:, None, None] * d[:, :, None] * d[:, None, :]
+        S = S + (jnp.sum(shift, axis=0) if covariance_type == "tied" else shift)
+    else:
+        shift = -2.0 * s * d + n[:, None] * d * d
+        S = S + (jnp.sum(shift, axis=1) if covariance_type == "spherical" else shift)
+    return stats._replace(centred_sums=s - n[:, None] * d, centred_squares=S)
+
+
+def reframe_statistics(model: Any, stats: Any, old_params: Any, new_params: Any) -> Any:
+    """Statistics computed at old_params, expressed as if computed in new_params' frame, so
+    that statistics from different iterations can be averaged (online EM).
+
+    A model's own `reframe_statistics(stats, old_params, new_params)` is used when it has
+    one; plain sums (Poisson, Bernoulli, categorical mixtures) are unchanged; a Gaussian
+    mixture's are re-centred on the new means.
+    Raises:
+      TypeError: a family whose statistics depend on the params' frame in a way not known here.
+    """
+    own = getattr(model, "reframe_statistics", None)
+    if callable(own):
+        return own(stats, old_params, new_params)
+    if isinstance(stats, _frame_free_types()):
+        return stats
+    from jaxem.models.gaussian_mixture import GaussianMixture, GaussianMixtureStats
+
+    if isinstance(stats, GaussianMixtureStats) and isinstance(model, GaussianMixture):
+        return _recentre_gaussian(model.covariance_type, stats, old_params.means, new_params.means)
+    raise TypeError(
+        f"fit_online averages statistics computed at different params; {type(stats).__name__} of "
+        f"{type(model).__name__} may depend on the params they were computed at (e.g. centred on "
+        "their means), and the model has no reframe_statistics(stats, old_params, new_params) to "
+        "move them between params. Online EM supports GaussianMixture, PoissonMixture, "
+        "BernoulliMixture and CategoricalMixture; use fit_stream (exact EM) for this model."
+    )
+
+
+@partial(jax.jit, static_argnames=("chunk_size",))
+def _online_step(model, running, params, m_state, data, weights, eta, total_weight, chunk_size):
+    """One block of stepwise EM: E-step on the block, s <- (1 - eta) s + eta (N / W_b)
+    stats, M-step, and s moved to the new params' frame. Returns the new (running, params,
+    m_state, finite) and the block's (log-likelihood, weight) at the params it saw."""
+    with full_precision():
+        stats, log_lik = parallel.e_step(model, params, data, weights, chunk_size)
+        block_weight = jnp.sum(weights)
+        eta = jnp.where(block_weight > 0, eta, 0.0)  # a block of zero weight changes nothing
+        scale = jnp.where(block_weight > 0, eta * total_weight / block_weight, 0.0)
+        running = jax.tree.map(lambda s, b: (1 - eta) * s + scale * b, running, stats)
+        new_params, new_m_state = model.maximize(running, params, m_state, None, None)
+        finite = core.all_finite(new_params) & jnp.isfinite(log_lik)
+        new_params = core.tree_where(finite, new_params, params)
+        new_m_state = core.tree_where(finite, new_m_state, m_state)
+        running = reframe_statistics(model, running, params, new_params)
+        return (running, new_params, new_m_state, finite), (log_lik, block_weight)
+
+
+def fit_online(
+    model: Any,
+    blocks: Any,
+    *,
+    init: str | dict = "kmeans++",
+    key: jax.Array | None = None,
+    step_size: Callable[[int], float] = default_step_size,
+    n_passes: int = 1,
+    tol: float | None = None,
+    sample_weight: Any = None,
+    total_weight: float | None = None,
+    block_size: int | None = None,
+    chunk_size: int | str | None = "auto",
+    evaluate: bool = True,
+    progress: bool | Callable | None = None,
+) -> FitResult:
+    """Stepwise (online) EM: an M-step after every block, on running averaged statistics.
+
+    Block t (counted over all passes, from 0) at params theta_t gives statistics b_t with
+    total weight W_t; the running statistics become
+        s_t = (1 - eta_t) s_{t-1} + eta_t (N / W_t) b_t,     eta_0 = 1, eta_t = step_size(t),
+    scaled to the whole data's weight N so that the M-step (which may add priors or
+    pseudo-counts) sees statistics of the data's size, and theta_{t+1} = M(s_t). With
+    sum eta_t = inf and sum eta_t^2 < inf (step_size (t + 2)^-alpha, 0.5 < alpha <= 1)
+    this converges to a stationary point of the likelihood (Cappé & Moulines 2009).
+
+    Args:
+      model, blocks, init, key, sample_weight, block_size, chunk_size: as `fit_stream`.
+        Blocks come in the source's order each pass; for data sorted by anything related
+        to the latent structure, shuffle the rows (or the blocks) first.
+      step_size: t -> eta_t for t >= 1.
+      n_passes: passes over the data.
+      tol: None (run n_passes), or stop after a pass whose streamed objective changed by
+        less than tol from the previous pass's (Status.CONVERGED).
+      total_weight: N; None: the sum of sample_weight, or the number of rows, found without
+        an E-step (a counting pass over the blocks for a callable source, whose rows are
+        only known by reading them).
+      evaluate: end with one exact pass evaluating the objective at the final params
+        (FitResult.log_likelihood); False: the last pass's streamed objective instead.
+      progress: None, True or a callable (n_pass, objective, change), after every pass.
+    Returns:
+      jaxem.FitResult (n_restarts=1 layout). Here an iteration is a pass: n_iter = passes
+      done; trace[p] = the streamed objective of pass p (each block's log-likelihood at the
+      params it was given, summed, over the pass's weight, plus log_prior / N); n_evals =
+      passes including the evaluation pass; status NON_FINITE if an update became
+      non-finite (its params are then the last finite ones).
+    """
+    _check_streamable(model, "fit_online")
+    validation.check_positive_int(n_passes, "n_passes")
+    if tol is not None:
+        tol = float(validation.check_non_negative(tol, "tol"))
+    progress = _as_progress(progress)
+    source = Source(blocks, block_size, sample_weight)
+    stream = _Stream(model, source, chunk_size)
+    params = _start(model, stream, init, key)
+    m_state = model.init_m_state(params)
+    first = stream.first_block()
+    dtype = units.float_dtype(first[0])
+    zeros = _zero_totals(model, params, *first, stream.chunk_size)
+    _check_maximize_without_data(model, params, m_state, zeros[0], "fit_online")
+    reframe_statistics(model, zeros[0], params, params)  # refuse unsupported families early
+    stream.first = None
+    if total_weight is None:
+        total_weight = source.total_weight()
+    total_weight = jnp.asarray(total_weight, dtype)
+
+    running = zeros[0]
+    trace = np.full(n_passes, np.nan)
+    status, t, n_done, previous = Status.MAX_ITER, 0, 0, -np.inf
+    for n_pass in range(n_passes):
+        log_lik, weight, finite = jnp.zeros((), dtype), jnp.zeros((), dtype), jnp.asarray(True)
+        for data, weights in stream.blocks():
+            jax.block_until_ready(params)  # one block in flight (as _Stream.e_pass)
+            eta = jnp.asarray(1.0 if t == 0 else step_size(t), dtype)
+            (running, params, m_state, ok), (block_ll, block_w) = _online_step(
+                model, running, params, m_state, data, weights, eta, total_weight, stream.chunk_size
+            )
+            log_lik, weight, finite = log_lik + block_ll, weight + block_w, finite & ok
+            t += 1
+        value = float((log_lik + model.log_prior(params) * weight / total_weight) / weight)
+        trace[n_pass], n_done = value, n_pass + 1
+        if progress is not None:
+            progress(jnp.asarray(n_done), jnp.asarray(value), jnp.asarray(value - previous))
+        if not bool(finite) or not np.isfinite(value):
+            status = Status.NON_FINITE
+            break
+        if tol is not None and abs(value - previous) < tol:
+            status = Status.CONVERGED
+            break
+        previous = value
+    final_value = _objective(model, params, stream.e_pass(params)) if evaluate else jnp.asarray(trace[n_done - 1], dtype)
+    return _single_run(
+        core.fit_result(
+            params, final_value, n_iter=jnp.asarray(n_done, jnp.int32), status=jnp.asarray(status, jnp.int32),
+            trace=jnp.asarray(trace, dtype), n_evals=jnp.asarray(n_done + int(evaluate), jnp.int32),
+            method=core.Method.EM,
+        )
+    )

@@ -35,6 +35,9 @@ from jaxem.models import (
 )
 from jaxem.mstep import freeze
 from jaxem.selection import Selection, select
+from jaxem.io import load, save
+from jaxem.stream import fit_online, fit_stream
+from jaxem.distributed import fit_sharded, shard_rows
 
 __all__ = [
     "BernoulliMixture",
@@ -77,6 +80,12 @@ __all__ = [
     "monotonicity_chain",
     "run_em",
     "select",
+    "save",
+    "load",
+    "fit_stream",
+    "fit_online",
+    "fit_sharded",
+    "shard_rows",
     "status_message",
 ]
 __version__ = "0.1.0"

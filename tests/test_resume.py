@@ -52,3 +52,20 @@ def test_resume_of_a_finished_run_changes_nothing_and_bad_resume_raises():
         jaxem.fit(model, X, key=jax.random.key(0), accelerate="squarem", resume=done)
     with pytest.raises(ValueError, match="restarts"):
         jaxem.fit(model, X, key=jax.random.key(0), resume=done.params)
+
+
+def test_hmm_resumed_from_a_checkpoint_file_equals_the_uninterrupted_fit(tmp_path):
+    """jaxem.save / jaxem.load between the two halves: the file holds all resume= needs.
+    The first half starts from another key than the resuming call is given, so a resume that
+    started afresh would not match."""
+    rng = np.random.default_rng(3)
+    lengths = np.array([40, 25, 35])
+    X = rng.normal(size=(lengths.sum(), 2)) + 3.0 * rng.integers(2, size=(lengths.sum(), 1))
+    data, model = (X, lengths), jaxem.GaussianHMM(2, covariance_type="diag")
+    options = dict(n_restarts=2, tol=0.0)
+    whole = jaxem.fit(model, data, key=jax.random.key(2), max_iter=20, **options)
+    path = jaxem.save(tmp_path / "hmm.npz", jaxem.fit(model, data, key=jax.random.key(2), max_iter=10, **options))
+    resumed = jaxem.fit(model, data, key=jax.random.key(1), max_iter=20, resume=jaxem.load(path), **options)
+    assert_identical(resumed, whole)
+    afresh = jaxem.fit(model, data, key=jax.random.key(1), max_iter=20, **options)
+    assert not np.array_equal(np.asarray(afresh.restarts.trace), np.asarray(whole.restarts.trace))

@@ -200,7 +200,7 @@ def custom_fixed_point(
             # selected (vmapped restarts) from turning NaN residuals into NaN gradients.
             is_zero = tree_norm(v) == 0
             args_cotangent = jax.tree.map(
-                lambda g: jnp.where(is_zero, jnp.zeros_like(g), jnp.where(diverged, jnp.nan, g)),
+                lambda g: g if _is_symbolic_zero(g) else jnp.where(is_zero, jnp.zeros_like(g), jnp.where(diverged, jnp.nan, g)),
                 vjp(u)[1:],
             )
             init_cotangent = jax.tree.map(jnp.zeros_like, solution)
@@ -210,3 +210,9 @@ def custom_fixed_point(
         return solved
 
     return decorate
+
+
+def _is_symbolic_zero(cotangent: Any) -> bool:
+    """The cotangent of an integer argument (e.g. the lengths of padded sequences): float0,
+    which has no values to mask."""
+    return cotangent.dtype == jax.dtypes.float0

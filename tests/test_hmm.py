@@ -7,6 +7,7 @@ scores compared. Most tests share one data set and one model configuration, so t
 engine's compiled fit is reused (the model's priors are pytree leaves, traced).
 """
 
+import functools
 import logging
 
 import jax
@@ -262,11 +263,11 @@ def gradient_problem():
     model = jaxem.GaussianHMM(K, covariance_type="diag")
     padded = np.asarray(model.as_data((X, LENGTHS)).observations)
 
-    def objective(observations, diff="unroll"):
+    def objective(observations, diff="unroll", of=lambda res: res.log_likelihood, tol=1e-13, max_iter=60):
         res = jaxem.fit(
-            model, (observations, LENGTHS), key=jax.random.key(0), init=start, max_iter=60, tol=1e-13, diff=diff
+            model, (observations, LENGTHS), key=jax.random.key(0), init=start, max_iter=max_iter, tol=tol, diff=diff
         )
-        return res.log_likelihood
+        return of(res)
 
     return padded, objective
 
@@ -285,14 +286,28 @@ def test_gradient_with_respect_to_observations():
     np.testing.assert_allclose(np.sum(np.asarray(grad) * direction), difference, rtol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=ValueError,
-    reason="engine: jaxem.implicit's backward rule applies jnp.where to every argument's cotangent, "
-    "and the int32 Sequences.lengths leaf has a float0 cotangent",
-)
 def test_implicit_gradient_with_respect_to_observations():
+    """Implicit differentiation of the fitted HMM equals differentiating through the unrolled
+    loop (both converged), and a fitted mean's gradient (through the adjoint solve) equals a
+    central finite difference of two refits."""
     padded, objective = gradient_problem()
-    jax.grad(lambda x: objective(x, diff="implicit"))(jnp.asarray(padded))
+    grad = jax.grad(lambda x: objective(x, diff="implicit"))(jnp.asarray(padded))
+    unrolled = jax.grad(objective)(jnp.asarray(padded))
+    np.testing.assert_allclose(grad, unrolled, rtol=1e-6, atol=1e-9)
+    # A fitted parameter's gradient goes through the adjoint solve (d theta* / d X).
+    def mean_spread(res):
+        return jnp.sum(res.params.means[:, 0] * jnp.arange(K))
+
+    grad = jax.grad(lambda x: objective(x, diff="implicit", of=mean_spread))(jnp.asarray(padded))
+    valid = np.arange(padded.shape[1]) < LENGTHS[:, None]
+    direction = np.random.default_rng(1).normal(size=padded.shape) * valid[:, :, None]
+    # The reference refits run to the fixed point (tol=0, 100 iterations): a fit stopped by
+    # tol=1e-13 on the objective has params only ~sqrt(tol) from it, which h would amplify.
+    converged = functools.partial(objective, of=mean_spread, tol=0.0, max_iter=100)
+    h = 1e-4
+    difference = (converged(padded + h * direction) - converged(padded - h * direction)) / (2 * h)
+    assert abs(float(difference)) > 1e-2
+    np.testing.assert_allclose(np.sum(np.asarray(grad) * direction), difference, rtol=1e-5)
 
 
 # --- degenerate cases -------------------------------------------------------------------------------

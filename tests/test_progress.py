@@ -1,5 +1,6 @@
 """progress=: the values reported from inside the compiled loop are the fit's own trace."""
 
+import collections
 import jax
 import numpy as np
 import pytest
@@ -23,15 +24,20 @@ def test_callback_reports_every_iteration_of_every_restart(accelerate):
     )
     traces = np.asarray(result.restarts.trace)
     assert len(calls) == 2 * 12
-    changes = {(n, value): change for n, value, change in calls}
+    # The callback does not name the restart; two restarts that reach the same value at the
+    # same iteration share a key, so each key holds the changes of all restarts reporting it.
+    changes = collections.defaultdict(list)
+    for n, value, change in calls:
+        changes[(n, value)].append(change)
     for trace in traces:
         # EM reports at iteration n the objective at the params entering it; SQUAREM the
         # objective at the iterate cycle n accepts.
         first = 1 if accelerate is None else 0
         for n in range(1, 12):
-            change = changes[(n + first, trace[n])]
+            reported = np.asarray(changes[(n + first, trace[n])])
             # the same subtraction up to rounding (XLA may fuse it with the division)
-            np.testing.assert_allclose(change, trace[n] - trace[n - 1], rtol=0, atol=4e-16 * abs(trace[n]))
+            error = np.abs(reported - (trace[n] - trace[n - 1]))
+            assert reported.size and error.min() <= 4e-16 * abs(trace[n]), (n, reported, trace[n] - trace[n - 1])
 
 
 def test_printer_prints_to_its_stream_at_most_once_per_interval():

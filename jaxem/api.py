@@ -8,6 +8,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from jaxem import missing as missing_lib
 from jaxem import units, validation
 from jaxem.config import FitConfig
 from jaxem.core import FitResult, Progress
@@ -52,6 +53,7 @@ def fit(
     vmap_slots: int | str | None = "auto",
     progress: bool | Callable | None = None,
     resume: FitResult | None = None,
+    missing: str | None = None,
 ) -> FitResult:
     """Fit `model` to X by EM with `n_restarts` vmapped random restarts.
 
@@ -103,12 +105,20 @@ def fit(
         stopping rule, computing what one uninterrupted fit computes (bit for bit for
         closed-form M-steps; an M-step optimiser state carried across iterations starts
         afresh). key, init and n_restarts are then ignored.
+      missing: None (default): NaN in X is an error. "em": NaN entries are missing values
+        (missing at random), latent variables of EM: the E-step takes their conditional
+        expectations given each row's observed entries, and the objective is the
+        log-likelihood of the observed entries (jaxem.missing). For models with Gaussian
+        components: GaussianMixture (every covariance type), FactorAnalysis, PPCA. A row or
+        column with every entry missing is an error; inf is an error.
     Returns:
       FitResult of the best restart, with every run in `.restarts`.
     Raises:
       ValueError: on invalid data, weights or options, before anything is compiled.
     """
     check_model(model)
+    if missing_lib.check_missing(missing) == "em":
+        model, X, sample_weight = missing_lib.prepare(model, X, sample_weight)
     config = FitConfig(
         n_restarts=n_restarts, max_iter=max_iter, criterion=criterion,
         init=None if isinstance(init, dict) else validation.check_choice(init, "init", INIT_METHODS), accelerate=accelerate, diff=diff,

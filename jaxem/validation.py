@@ -26,11 +26,12 @@ def _float_dtype_for(dtype: np.dtype) -> np.dtype:
     return jnp.dtype(jnp.result_type(float))
 
 
-def as_data(X: Any, name: str = "X") -> jax.Array:
+def as_data(X: Any, name: str = "X", allow_nan: bool = False) -> jax.Array:
     """Check a data matrix and return it as a floating JAX array.
 
     Args:
       X: (n_samples, n_features) array-like of numbers, finite.
+      allow_nan: accept NaN entries (missing values, jaxem.missing); inf stays an error.
     Returns:
       (n_samples, n_features) float array; float inputs keep their dtype.
     Raises:
@@ -46,13 +47,17 @@ def as_data(X: Any, name: str = "X") -> jax.Array:
         raise ValueError(f"{name} could not be read as a numeric array: {err}") from None
     _check_numeric_dtype(array.dtype, name)
     _check_ndim(array.shape, name)
-    bad = ~np.isfinite(array)
+    bad = np.isinf(array) if allow_nan else ~np.isfinite(array)
     if bad.any():
         rows = np.flatnonzero(bad.any(axis=1))
+        hint = (
+            "Infinite values cannot be fitted." if allow_nan else
+            'Remove or impute them before fitting, or fit with jaxem.fit(..., missing="em") '
+            "(NaN as missing values: GaussianMixture, FactorAnalysis, PPCA)."
+        )
         raise ValueError(
-            f"{name} contains {int(bad.sum())} NaN or infinite value(s) in {rows.size} row(s); "
-            f"the first is row {int(rows[0])}: {array[rows[0]].tolist()}. "
-            "Remove or impute them before fitting."
+            f"{name} contains {int(bad.sum())} {'infinite' if allow_nan else 'NaN or infinite'} value(s) "
+            f"in {rows.size} row(s); the first is row {int(rows[0])}: {array[rows[0]].tolist()}. {hint}"
         )
     return jnp.asarray(array, dtype=_float_dtype_for(array.dtype))
 

@@ -387,6 +387,25 @@ class FactorModel(Model):
         new = self._make_params(params.mean + offset, loadings, new_noise)
         return self._with_canonical_loadings(new)
 
+    # --- missing values (jaxem.missing) -----------------------------------------------------------
+    def gaussian_components(self, params: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The marginal N(mean, W W^T + Psi) as one component: log weight (1,), mean (1, D),
+        covariance (1, D, D)."""
+        return jnp.zeros((1,), params.mean.dtype), params.mean[None], self.covariance(params)[None]
+
+    def statistics_from_moments(
+        self, counts: jax.Array, centred_sums: jax.Array, centred_squares: jax.Array
+    ) -> FactorAnalysisStats:
+        """Statistics from the moments of `gaussian_components`' one component."""
+        return FactorAnalysisStats(counts[0], centred_sums[0], centred_squares[0])
+
+    def impute(self, params: Any, X: Any) -> tuple[jax.Array, jax.Array]:
+        """(X with NaN entries replaced by E[x_m | x_o] (n, D), Cov[x | x_o] (n, D, D)); see
+        jaxem.missing.impute."""
+        from jaxem.missing import impute
+
+        return impute(self, params, X)
+
     # --- prediction ---------------------------------------------------------------------------
     def covariance(self, params: Any) -> jax.Array:
         """The model covariance W W^T + Psi: (D, D) (scikit-learn's get_covariance())."""

@@ -38,12 +38,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.linalg import solve_triangular
 
 from jaxem import parallel, units, validation
 from jaxem.models import checks
+from jaxem.models.cholesky import inverse_cholesky_transposed
 from jaxem.models.mixture import MixtureModel, weighted_posterior
-from jaxem.sizes import PAIRWISE_MAX_FEATURES, SCALAR_CHOLESKY_MAX_FEATURES, UNROLL_COMPONENTS
+from jaxem.sizes import PAIRWISE_MAX_FEATURES, UNROLL_COMPONENTS
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -113,32 +113,6 @@ def _symmetric_index(n_features: int) -> np.ndarray:
     return index
 
 
-def _inverse_cholesky_transposed(cov: jax.Array) -> jax.Array:
-    """(L^-1)^T for cov = L L^T, cov: (..., D, D). Where cov is not positive definite the
-    entries from the failing pivot on are NaN (jnp.linalg.cholesky makes all of them NaN);
-    either way that component's log-density and the fit's objective become NaN.
-
-    Scalar formulas per entry (Cholesky-Banachiewicz, then forward substitution), for few
-    features (jaxem.sizes.SCALAR_CHOLESKY_MAX_FEATURES): XLA:CPU runs jnp.linalg.cholesky
-    and the triangular solve as LAPACK calls, one per matrix, whose overhead dominates
-    small matrices.
-    """
-    n = cov.shape[-1]
-    chol = [[None] * n for _ in range(n)]
-    for j in range(n):
-        chol[j][j] = jnp.sqrt(cov[..., j, j] - sum((chol[j][k] ** 2 for k in range(j)), 0.0))
-        for i in range(j + 1, n):
-            chol[i][j] = (cov[..., i, j] - sum((chol[i][k] * chol[j][k] for k in range(j)), 0.0)) / chol[j][j]
-    inverse = [[None] * n for _ in range(n)]  # lower triangular, inverse @ chol = I
-    for i in range(n):
-        inverse[i][i] = 1.0 / chol[i][i]
-        for j in range(i):
-            inverse[i][j] = -sum(chol[i][k] * inverse[k][j] for k in range(j, i)) * inverse[i][i]
-    zero = jnp.zeros_like(cov[..., 0, 0])
-    rows = [jnp.stack([inverse[j][i] if j >= i else zero for j in range(n)], axis=-1) for i in range(n)]
-    return jnp.stack(rows, axis=-2)
-
-
 def _moments(resp_t: jax.Array, features: jax.Array) -> jax.Array:
     """resp_t @ features.T, (K, n) x (n_phi, n) -> (K, n_phi).
 
@@ -191,11 +165,7 @@ class GaussianMixture(MixtureModel):
         """Precision Cholesky factors, scikit-learn's `precisions_cholesky_` and shapes."""
         cov = params.covariances
         if self.covariance_type in ("full", "tied"):
-            if cov.shape[-1] <= SCALAR_CHOLESKY_MAX_FEATURES:
-                return _inverse_cholesky_transposed(cov)
-            chol = jnp.linalg.cholesky(cov)
-            eye = jnp.broadcast_to(jnp.eye(cov.shape[-1], dtype=cov.dtype), cov.shape)
-            return jnp.swapaxes(solve_triangular(chol, eye, lower=True), -1, -2)
+            return inverse_cholesky_transposed(cov)
         return jax.lax.rsqrt(cov)
 
     def component_log_prob(self, params: GaussianMixtureParams, X: jax.Array) -> jax.Array:
@@ -472,6 +442,39 @@ class GaussianMixture(MixtureModel):
                 raise ValueError("init covariances must be symmetric positive definite.")
         elif np.any(cov <= 0):
             raise ValueError("init covariances must be positive.")
+
+    # --- missing values (jaxem.missing) -----------------------------------------------------------
+    def gaussian_components(self, params: GaussianMixtureParams) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(log weights (K,), means (K, D), covariances (K, D, D)) of the components."""
+        n_components, n_features = params.means.shape
+        cov = params.covariances
+        eye = jnp.eye(n_features, dtype=cov.dtype)
+        if self.covariance_type == "tied":
+            cov = jnp.broadcast_to(cov, (n_components, n_features, n_features))
+        elif self.covariance_type == "diag":
+            cov = cov[:, :, None] * eye
+        elif self.covariance_type == "spherical":
+            cov = cov[:, None, None] * eye
+        return self.log_weights(params), params.means, cov
+
+    def statistics_from_moments(
+        self, counts: jax.Array, centred_sums: jax.Array, centred_squares: jax.Array
+    ) -> GaussianMixtureStats:
+        """Statistics from full moments about the means, centred_squares (K, D, D)."""
+        if self.covariance_type == "tied":
+            centred_squares = jnp.sum(centred_squares, axis=0)
+        elif self.covariance_type == "diag":
+            centred_squares = jnp.diagonal(centred_squares, axis1=-2, axis2=-1)
+        elif self.covariance_type == "spherical":
+            centred_squares = jnp.trace(centred_squares, axis1=-2, axis2=-1)
+        return GaussianMixtureStats(counts, centred_sums, centred_squares)
+
+    def impute(self, params: GaussianMixtureParams, X: Any) -> tuple[jax.Array, jax.Array]:
+        """(X with NaN entries replaced by E[x_m | x_o] (n, D), Cov[x | x_o] (n, D, D)); see
+        jaxem.missing.impute."""
+        from jaxem.missing import impute
+
+        return impute(self, params, X)
 
     # --- model selection and sampling ---------------------------------------------------------
     def param_constraints(self, params: Any = None) -> GaussianMixtureParams:

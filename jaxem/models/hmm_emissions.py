@@ -28,21 +28,15 @@ from jax.scipy.special import gammaln, xlogy
 
 from jaxem import validation
 from jaxem.models import checks
-from jaxem.models.gaussian_mixture import _inverse_cholesky_transposed
+from jaxem.models.cholesky import inverse_cholesky_transposed
 from jaxem.models.hmm import HMMModel, check_prior, dirichlet_log_prior, dirichlet_update, initial_resp, occupied
-from jaxem.sizes import SCALAR_CHOLESKY_MAX_FEATURES
 
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
 
 
 def _inverse_cholesky(cov: jax.Array) -> jax.Array:
-    """L^-1 for cov = L L^T, cov (..., D, D): scalar formulas for few features (no LAPACK
-    call per matrix, jaxem.sizes), else a Cholesky factorisation and a triangular solve."""
-    if cov.shape[-1] <= SCALAR_CHOLESKY_MAX_FEATURES:
-        return jnp.swapaxes(_inverse_cholesky_transposed(cov), -1, -2)
-    chol = jnp.linalg.cholesky(cov)
-    eye = jnp.broadcast_to(jnp.eye(cov.shape[-1], dtype=cov.dtype), cov.shape)
-    return jax.scipy.linalg.solve_triangular(chol, eye, lower=True)
+    """L^-1 for cov = L L^T, cov (..., D, D)."""
+    return jnp.swapaxes(inverse_cholesky_transposed(cov), -1, -2)
 
 
 # --- Gaussian -------------------------------------------------------------------------------------

@@ -1,0 +1,228 @@
+"""Fits to data with missing entries (NaN, missing at random): `jaxem.fit(..., missing="em")`.
+
+The missing entries are latent variables of EM like the component labels (EM_NOTES, "Scope
+the notes name"): the E-step takes expectations over them given each row's observed
+entries (jaxem.models.conditional_gaussian), the statistics are the expected complete-data
+moments, the model's closed-form M-step is unchanged, and the objective is the
+log-likelihood of the observed entries.
+
+`MissingValues` wraps a model with Gaussian components (GaussianMixture of any covariance
+type, FactorAnalysis, PPCA: those with `gaussian_components` and `statistics_from_moments`)
+into a jaxem.protocol.Model, so the engine (restarts, chunking, acceleration, implicit
+gradients, progress) runs it unchanged. Complete rows keep the base model's own E-step
+(the GEMM path of a Gaussian mixture); only incomplete rows take the conditional one, which
+factorises a W x W block per row and component, W the most entries missing in any row.
+For that split, `prepare` moves complete rows first (with their weights) when the data is
+concrete; inside a user's jit every row takes the conditional E-step with W = D. With
+chunks, a chunk of complete rows takes the base E-step and any other chunk the
+conditional one (one `lax.cond` per chunk).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxem import validation
+from jaxem.models import conditional_gaussian as cg
+from jaxem.models.mixture import weighted_posterior
+from jaxem.protocol import Model
+
+MISSING_METHODS = (None, "em")
+
+
+class SplitRows(NamedTuple):
+    """The whole data set, precomputed: complete rows in the base model's form (None when
+    there are none) and the incomplete rows (None when there are none)."""
+
+    complete: Any
+    incomplete: cg.PartialRows | None
+
+
+class ChunkRows(NamedTuple):
+    """A chunk (or all chunks, with a leading n_chunks axis), in both forms."""
+
+    complete: Any
+    rows: cg.PartialRows
+
+
+class MissingFactors(NamedTuple):
+    """Params with the base model's per-E-step work and the Gaussian components."""
+
+    params: Any
+    base: Any
+    components: cg.GaussianComponents
+
+
+def check_missing(missing: Any) -> Any:
+    return validation.check_choice(missing, "missing", MISSING_METHODS)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class MissingValues(Model):
+    """`base` fitted with missing entries as latent variables (module docstring).
+
+    base: the model; n_complete: how many leading rows of the data are complete (static);
+    width: W, the slots per row for missing columns (static).
+    """
+
+    base: Any
+    n_complete: int = dataclasses.field(default=0, metadata=dict(static=True))
+    width: int = dataclasses.field(default=1, metadata=dict(static=True))
+
+    additive_statistics = True
+
+    def as_data(self, X: Any) -> cg.PartialRows:
+        """PartialRows of X (NaN = missing); see `partial_rows`."""
+        rows = partial_rows(X, self.width)
+        self.base.check_data(rows.values)
+        return rows
+
+    def start_params(self, values: dict, data: cg.PartialRows) -> Any:
+        return self.base.start_params(values, data.values)
+
+    def init_params(self, key, data: cg.PartialRows, sample_weight, method, chunk_size=None) -> Any:
+        """The base model's start on the rows with missing entries at their column means."""
+        return self.base.init_params(key, data.values, sample_weight, method, chunk_size)
+
+    def precompute(self, data: cg.PartialRows) -> SplitRows:
+        n_complete, n_rows = self.n_complete, data.values.shape[0]
+        complete = self.base.precompute(data.values[:n_complete]) if n_complete else None
+        incomplete = jax.tree.map(lambda leaf: leaf[n_complete:], data) if n_complete < n_rows else None
+        return SplitRows(complete, incomplete)
+
+    def precompute_chunks(self, chunks: cg.PartialRows) -> ChunkRows:
+        return ChunkRows(self.base.precompute_chunks(chunks.values), chunks)
+
+    def init_m_state(self, params: Any) -> Any:
+        return self.base.init_m_state(params)
+
+    def param_constraints(self, params: Any) -> Any:
+        return self.base.param_constraints(params)
+
+    def e_step_params(self, params: Any) -> MissingFactors:
+        if isinstance(params, MissingFactors):
+            return params
+        components = cg.gaussian_components(*self.base.gaussian_components(params))
+        return MissingFactors(params, self.base.e_step_params(params), components)
+
+    def e_step(self, params: Any, data: SplitRows | ChunkRows, sample_weight: jax.Array) -> tuple[Any, jax.Array]:
+        """Statistics and the observed-data log-likelihood: the base E-step on complete rows,
+        the conditional one on the others, summed."""
+        factors = self.e_step_params(params)
+        if isinstance(data, ChunkRows):
+            return jax.lax.cond(
+                jnp.any(data.rows.missing_valid),
+                lambda: self._conditional_e_step(factors, data.rows, sample_weight),
+                lambda: self.base.e_step(factors.base, data.complete, sample_weight),
+            )
+        parts = []
+        if data.complete is not None:
+            parts.append(self.base.e_step(factors.base, data.complete, sample_weight[: self.n_complete]))
+        if data.incomplete is not None:
+            parts.append(self._conditional_e_step(factors, data.incomplete, sample_weight[self.n_complete :]))
+        return jax.tree.map(lambda *leaves: sum(leaves[1:], leaves[0]), *parts)
+
+    def _conditional_e_step(self, factors: MissingFactors, rows: cg.PartialRows, sample_weight: jax.Array):
+        log_joint, moments = cg.observed_log_joint(factors.components, rows)
+        resp, log_lik = weighted_posterior(log_joint, sample_weight, axis=1)
+        stats = self.base.statistics_from_moments(*cg.expected_moments(moments, rows, resp))
+        return stats, log_lik
+
+    def log_prior(self, params: Any) -> jax.Array:
+        return self.base.log_prior(params)
+
+    def maximize(self, stats, params, m_state, data, sample_weight):
+        return self.base.maximize(stats, params, m_state, data, sample_weight)
+
+
+def prepare(model: Any, X: Any, sample_weight: Any) -> tuple[MissingValues, Any, Any]:
+    """(MissingValues(model), X, sample_weight) for `jaxem.fit(..., missing="em")`: on
+    concrete data complete rows first (weights moved with them), so the wrapper's E-step
+    splits them statically; traced data unchanged, every row on the conditional E-step
+    (W = D).
+
+    Raises:
+      TypeError: a model without Gaussian components.
+      ValueError: as `partial_rows`.
+    """
+    for hook in ("gaussian_components", "statistics_from_moments"):
+        if not callable(getattr(model, hook, None)):
+            raise TypeError(
+                f'missing="em" needs a model with Gaussian components (GaussianMixture, '
+                f"FactorAnalysis, PPCA); {type(model).__name__} has no {hook}."
+            )
+    if validation.is_traced(X):
+        return MissingValues(model, 0, validation.as_data(X, allow_nan=True).shape[1]), X, sample_weight
+    rows = partial_rows(X, None)  # validates
+    n_missing = np.asarray(rows.missing_valid).sum(axis=1)
+    order = np.argsort(n_missing > 0, kind="stable")
+    if sample_weight is not None and jnp.shape(sample_weight) == (n_missing.size,):
+        sample_weight = jnp.asarray(sample_weight)[order]
+    wrapped = MissingValues(model, int(np.sum(n_missing == 0)), max(int(n_missing.max()), 1))
+    return wrapped, np.asarray(X)[order], sample_weight
+
+
+def partial_rows(X: Any, width: int | None) -> cg.PartialRows:
+    """Rows X (n, D) with NaN marking missing entries, as PartialRows with `width` slots per
+    row for missing columns (None: the most any row has, at least 1).
+
+    Raises:
+      ValueError: as validation.as_data for anything but NaN (inf included); a row or a
+        column with every entry missing; a row with more than `width` missing entries.
+    """
+    values = validation.as_data(X, allow_nan=True)
+    missing = jnp.isnan(values)
+    if not validation.is_traced(values):
+        most = check_missing_pattern(np.asarray(missing))
+        width = max(most, 1) if width is None else width
+        if most > width:
+            raise ValueError(f"a row has {most} missing entries, more than width={width}.")
+    observed = (~missing).astype(values.dtype)
+    safe = jnp.where(missing, 0.0, values)
+    column_means = jnp.sum(safe, axis=0) / jnp.maximum(jnp.sum(observed, axis=0), 1.0)
+    # Missing columns first (stable), so the first `width` slots hold all of them.
+    slots = jnp.argsort(~missing, axis=1, stable=True)[:, :width].astype(jnp.int32)
+    valid = jnp.take_along_axis(missing, slots, axis=1)
+    filled = jnp.where(missing, column_means, safe)
+    return cg.PartialRows(filled, observed, jnp.where(valid, slots, 0), valid)
+
+
+def check_missing_pattern(missing: np.ndarray) -> int:
+    """Every row and every column needs an observed entry; returns the most entries any row
+    misses."""
+    empty_rows = np.flatnonzero(missing.all(axis=1))
+    if empty_rows.size:
+        raise ValueError(
+            f"X has {empty_rows.size} row(s) with every entry missing (the first is row "
+            f"{int(empty_rows[0])}); they carry no information: drop them before fitting."
+        )
+    empty_columns = np.flatnonzero(missing.all(axis=0))
+    if empty_columns.size:
+        raise ValueError(f"X has column(s) {empty_columns.tolist()} with every entry missing.")
+    return int(missing.sum(axis=1).max(initial=0))
+
+
+def impute(model: Any, params: Any, X: Any) -> tuple[jax.Array, jax.Array]:
+    """Conditional means of the missing entries of X given its observed ones under a fitted
+    model with Gaussian components, and their conditional covariances.
+
+    Args:
+      X: (n_samples, n_features), NaN where missing.
+    Returns:
+      (X_imputed (n, D): X with every NaN replaced by E[x_m | x_o]; covariances (n, D, D):
+      Cov[x | x_o], zero in every row and column of an observed entry).
+    """
+    return _impute_rows(model, params, partial_rows(X, None))
+
+
+@jax.jit
+def _impute_rows(model: Any, params: Any, rows: cg.PartialRows) -> tuple[jax.Array, jax.Array]:
+    components = cg.gaussian_components(*model.gaussian_components(params))
+    mean, covariance, _ = cg.conditional_mean_and_covariance(components, rows)
+    return jnp.where(rows.observed > 0, rows.values, mean), covariance

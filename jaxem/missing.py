@@ -151,11 +151,13 @@ def prepare(model: Any, X: Any, sample_weight: Any) -> tuple[MissingValues, Any,
       TypeError: a model without Gaussian components.
       ValueError: as `partial_rows`.
     """
+    if callable(getattr(model, "with_missing_values", None)):  # GaussianHMM: in its emissions
+        return model.with_missing_values(X), X, sample_weight
     for hook in ("gaussian_components", "statistics_from_moments"):
         if not callable(getattr(model, hook, None)):
             raise TypeError(
                 f'missing="em" needs a model with Gaussian components (GaussianMixture, '
-                f"FactorAnalysis, PPCA); {type(model).__name__} has no {hook}."
+                f"FactorAnalysis, PPCA, GaussianHMM); {type(model).__name__} has no {hook}."
             )
     if validation.is_traced(X):
         return MissingValues(model, 0, validation.as_data(X, allow_nan=True).shape[1]), X, sample_weight
@@ -177,20 +179,14 @@ def partial_rows(X: Any, width: int | None) -> cg.PartialRows:
         column with every entry missing; a row with more than `width` missing entries.
     """
     values = validation.as_data(X, allow_nan=True)
-    missing = jnp.isnan(values)
     if not validation.is_traced(values):
-        most = check_missing_pattern(np.asarray(missing))
+        most = check_missing_pattern(np.isnan(np.asarray(values)))
         width = max(most, 1) if width is None else width
         if most > width:
             raise ValueError(f"a row has {most} missing entries, more than width={width}.")
-    observed = (~missing).astype(values.dtype)
-    safe = jnp.where(missing, 0.0, values)
-    column_means = jnp.sum(safe, axis=0) / jnp.maximum(jnp.sum(observed, axis=0), 1.0)
-    # Missing columns first (stable), so the first `width` slots hold all of them.
-    slots = jnp.argsort(~missing, axis=1, stable=True)[:, :width].astype(jnp.int32)
-    valid = jnp.take_along_axis(missing, slots, axis=1)
-    filled = jnp.where(missing, column_means, safe)
-    return cg.PartialRows(filled, observed, jnp.where(valid, slots, 0), valid)
+    elif width is None:
+        width = values.shape[1]
+    return cg.partial_rows(values, width)
 
 
 def check_missing_pattern(missing: np.ndarray) -> int:
@@ -224,5 +220,5 @@ def impute(model: Any, params: Any, X: Any) -> tuple[jax.Array, jax.Array]:
 @jax.jit
 def _impute_rows(model: Any, params: Any, rows: cg.PartialRows) -> tuple[jax.Array, jax.Array]:
     components = cg.gaussian_components(*model.gaussian_components(params))
-    mean, covariance, _ = cg.conditional_mean_and_covariance(components, rows)
+    mean, covariance = cg.conditional_mean_and_covariance(components, rows)
     return jnp.where(rows.observed > 0, rows.values, mean), covariance

@@ -53,7 +53,7 @@ def as_data(X: Any, name: str = "X", allow_nan: bool = False) -> jax.Array:
         hint = (
             "Infinite values cannot be fitted." if allow_nan else
             'Remove or impute them before fitting, or fit with jaxem.fit(..., missing="em") '
-            "(NaN as missing values: GaussianMixture, FactorAnalysis, PPCA)."
+            "(NaN as missing values: GaussianMixture, FactorAnalysis, PPCA, GaussianHMM)."
         )
         raise ValueError(
             f"{name} contains {int(bad.sum())} {'infinite' if allow_nan else 'NaN or infinite'} value(s) "

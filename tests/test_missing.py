@@ -179,10 +179,11 @@ def test_estimates_approach_the_full_data_fit_as_fewer_entries_are_missing():
     assert errors[1] < 0.05
 
 
-def _reference_factor_analysis(X, start, n_iter):
-    """Rubin & Thayer's EM for factor analysis with the expected moments of the rows
-    (x_m latent as well as z), in numpy."""
-    mean, W, psi = start["mean"], start["loadings"], start["noise_variances"]
+def _reference_factor_analysis(X, start, n_iter, isotropic):
+    """Rubin & Thayer's EM for factor analysis (Tipping & Bishop's for PPCA: isotropic)
+    with the expected moments of the rows (x_m latent as well as z), in numpy."""
+    mean, W = start["mean"], start["loadings"]
+    psi = np.full(X.shape[1], start["noise_variance"]) if isotropic else start["noise_variances"]
     trace = []
     for _ in range(n_iter):
         cov = W @ W.T + np.diag(psi)
@@ -194,18 +195,28 @@ def _reference_factor_analysis(X, start, n_iter):
         G = np.eye(W.shape[1]) - beta @ W
         W = C @ beta.T @ np.linalg.inv(G + beta @ C @ beta.T)
         psi = np.diag(C - W @ beta @ C)
+        psi = np.full_like(psi, psi.mean()) if isotropic else psi
     return mean, W, psi, np.array(trace)
 
 
-def test_factor_analysis_matches_the_numpy_reference():
+@pytest.mark.parametrize("isotropic", [False, True], ids=["factor_analysis", "ppca"])
+def test_factor_models_match_the_numpy_reference(isotropic):
     _, holes = _data()
-    start = {"mean": np.array([1.0, 1.0, 1.5]), "loadings": np.array([[1.0], [0.8], [1.2]]), "noise_variances": np.array([0.5, 0.6, 0.7])}
-    result = _fit(jaxem.FactorAnalysis(1), holes, init=start, max_iter=5)
-    mean, W, psi, trace = _reference_factor_analysis(holes, start, 5)
+    start = {"mean": np.array([1.0, 1.0, 1.5]), "loadings": np.array([[1.0], [0.8], [1.2]])}
+    if isotropic:
+        model, start["noise_variance"] = jaxem.PPCA(1), 0.6
+    else:
+        model, start["noise_variances"] = jaxem.FactorAnalysis(1), np.array([0.5, 0.6, 0.7])
+    result = _fit(model, holes, init=start, max_iter=5)
+    mean, W, psi, trace = _reference_factor_analysis(holes, start, 5, isotropic)
     np.testing.assert_allclose(result.params.mean, mean, rtol=1e-9)
     np.testing.assert_allclose(result.params.loadings @ result.params.loadings.T, W @ W.T, rtol=1e-9)
-    np.testing.assert_allclose(result.params.noise_variances, psi, rtol=1e-9)
+    np.testing.assert_allclose(np.broadcast_to(result.params[2], psi.shape), psi, rtol=1e-9)
     np.testing.assert_allclose(result.trace, trace, rtol=1e-11)
+    imputed, _ = model.impute(result.params, holes)
+    cov = np.asarray(model.covariance(result.params))
+    for x, got in zip(holes[:6], np.asarray(imputed)):
+        np.testing.assert_allclose(got, _conditional(x, np.asarray(result.params.mean), cov)[1], rtol=1e-10)
 
 
 def test_impute_gives_the_mixture_conditional_mean_and_covariance():
@@ -217,11 +228,9 @@ def test_impute_gives_the_mixture_conditional_mean_and_covariance():
     for x, got, got_cov in zip(holes[:12], np.asarray(imputed), np.asarray(covariances)):
         parts = [_conditional(x, mu[j], cov[j]) for j in range(N_COMPONENTS)]
         log_joint = np.log(w) + np.array([p[0] for p in parts])
-        r = np.exp(log_joint - np.logaddexp.reduce(log_joint))
-        mean = sum(r[j] * parts[j][1] for j in range(N_COMPONENTS))
-        second = sum(r[j] * (parts[j][2] + np.outer(parts[j][1], parts[j][1])) for j in range(N_COMPONENTS))
+        mean, cov_x = _mixed_moments(np.exp(log_joint - np.logaddexp.reduce(log_joint)), parts)
         np.testing.assert_allclose(got, mean, rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(got_cov, second - np.outer(mean, mean), atol=1e-10)
+        np.testing.assert_allclose(got_cov, cov_x, atol=1e-10)
         assert np.all(got[~np.isnan(x)] == x[~np.isnan(x)])
 
 
@@ -266,3 +275,91 @@ def test_invalid_missing_data_is_rejected_before_compiling():
         jaxem.fit(model, holes, key=key, missing="mean")
     with pytest.raises(TypeError, match="Gaussian components"):
         jaxem.fit(jaxem.PoissonMixture(2), np.abs(holes), key=key, missing="em")
+
+
+# --- Gaussian HMM ----------------------------------------------------------------------------------
+HMM_LENGTHS = np.array([12, 8, 1])
+
+
+def _reference_posterior(x, pi, A, mu, cov):
+    """Forward-backward in log space for one sequence x (T, D) with NaN entries: marginals
+    (T, K), summed transition posteriors (K, K), log-likelihood, and per step and state the
+    (log p(x_o), x_hat, C) of `_conditional`."""
+    k = len(pi)
+    parts = [[_conditional(step, mu[j], cov[j]) for j in range(k)] for step in x]
+    log_b = np.array([[p[0] for p in row] for row in parts])
+    alpha, beta = np.zeros_like(log_b), np.zeros_like(log_b)
+    alpha[0] = np.log(pi) + log_b[0]
+    for t in range(1, len(x)):
+        alpha[t] = np.logaddexp.reduce(alpha[t - 1][:, None] + np.log(A), axis=0) + log_b[t]
+    for t in range(len(x) - 2, -1, -1):
+        beta[t] = np.logaddexp.reduce(np.log(A) + log_b[t + 1] + beta[t + 1], axis=1)
+    log_lik = np.logaddexp.reduce(alpha[-1])
+    pairs = sum(
+        (np.exp(alpha[t][:, None] + np.log(A) + log_b[t + 1] + beta[t + 1] - log_lik) for t in range(len(x) - 1)),
+        np.zeros((k, k)),
+    )
+    return np.exp(alpha + beta - log_lik), pairs, log_lik, parts
+
+
+def _reference_hmm(sequences, start, n_iter):
+    """Baum-Welch with emissions marginalised over each step's missing entries and the
+    expected moments in the M-step (maximum likelihood, full covariances)."""
+    pi, A, mu, cov = (np.asarray(start[k], float) for k in ("initial", "transition", "means", "covariances"))
+    k = len(pi)
+    trace = []
+    for _ in range(n_iter):
+        first, pairs = np.zeros(k), np.zeros((k, k))
+        counts, sums, squares, total = np.zeros(k), np.zeros_like(mu), np.zeros_like(cov), 0.0
+        for x in sequences:
+            gamma, xi, log_lik, parts = _reference_posterior(x, pi, A, mu, cov)
+            total += log_lik
+            first += gamma[0]
+            pairs += xi
+            for t in range(len(x)):
+                for j in range(k):
+                    x_hat, c = parts[t][j][1], parts[t][j][2]
+                    counts[j] += gamma[t, j]
+                    sums[j] += gamma[t, j] * x_hat
+                    squares[j] += gamma[t, j] * (np.outer(x_hat, x_hat) + c)
+        trace.append(total / len(sequences))
+        pi, A = first / first.sum(), pairs / pairs.sum(axis=1, keepdims=True)
+        mu = sums / counts[:, None]
+        cov = squares / counts[:, None, None] - np.einsum("kd,ke->kde", mu, mu)
+    return pi, A, mu, cov, np.array(trace)
+
+
+def _mixed_moments(resp, parts):
+    """Mean and covariance of x given resp (K,) over components with (_, x_hat, C) parts."""
+    mean = sum(r * p[1] for r, p in zip(resp, parts))
+    second = sum(r * (p[2] + np.outer(p[1], p[1])) for r, p in zip(resp, parts))
+    return mean, second - np.outer(mean, mean)
+
+
+def test_gaussian_hmm_matches_the_numpy_reference():
+    rng = np.random.default_rng(0)
+    states = rng.integers(2, size=HMM_LENGTHS.sum())
+    X = np.array([[0.0, 0.0, 0.0], [3.0, 1.0, 2.0]])[states] + rng.normal(size=(HMM_LENGTHS.sum(), 3))
+    X[rng.random(X.shape) < 0.2] = np.nan
+    X[5] = np.nan  # a step with nothing observed still propagates the chain
+    start = dict(
+        initial=np.array([0.6, 0.4]), transition=np.array([[0.8, 0.2], [0.3, 0.7]]),
+        means=np.array([[0.5, 0.0, 0.2], [2.5, 1.5, 2.0]]), covariances=np.stack([np.eye(3), 1.5 * np.eye(3)]),
+    )
+    model = jaxem.GaussianHMM(2, covars_prior=0.0)
+    result = _fit(model, (X, HMM_LENGTHS), init=start, max_iter=4)
+    sequences = np.split(X, np.cumsum(HMM_LENGTHS)[:-1])
+    pi, A, mu, cov, trace = _reference_hmm(sequences, start, 4)
+    for got, want in zip(result.params, (pi, A, mu, cov)):
+        np.testing.assert_allclose(got, want, rtol=1e-9)
+    np.testing.assert_allclose(result.trace, trace, rtol=1e-11)
+    with pytest.raises(ValueError, match='missing="em"'):
+        jaxem.fit(model, (X, HMM_LENGTHS), key=jax.random.PRNGKey(0))
+
+    # impute: the conditional moments given every observed entry of the sequence.
+    imputed, covariances = model.impute(result.params, (X, HMM_LENGTHS))
+    gamma, _, _, parts = _reference_posterior(sequences[0], *(np.asarray(p) for p in result.params))
+    for t in range(HMM_LENGTHS[0]):
+        mean, cov = _mixed_moments(gamma[t], parts[t])
+        np.testing.assert_allclose(imputed[t], mean, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(covariances[t], cov, atol=1e-10)

@@ -46,6 +46,20 @@ class PartialRows(NamedTuple):
     missing_valid: jax.Array
 
 
+def partial_rows(values: jax.Array, width: int) -> PartialRows:
+    """PartialRows of rows values (n, D) with NaN where missing and at most `width` missing
+    entries per row (unchecked; jaxem.missing.partial_rows validates user data)."""
+    missing = jnp.isnan(values)
+    observed = (~missing).astype(values.dtype)
+    safe = jnp.where(missing, 0.0, values)
+    column_means = jnp.sum(safe, axis=0) / jnp.maximum(jnp.sum(observed, axis=0), 1.0)
+    # Missing columns first (stable), so the first `width` slots hold all of them.
+    slots = jnp.argsort(~missing, axis=1, stable=True)[:, :width].astype(jnp.int32)
+    valid = jnp.take_along_axis(missing, slots, axis=1)
+    filled = jnp.where(missing, column_means, safe)
+    return PartialRows(filled, observed, jnp.where(valid, slots, 0), valid)
+
+
 class GaussianComponents(NamedTuple):
     """K Gaussians in the form the missing-value E-step uses, computed once per E-step.
 
@@ -122,13 +136,14 @@ def expected_moments(
 
 
 def conditional_mean_and_covariance(
-    components: GaussianComponents, rows: PartialRows
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """E[x | x_o] (n, D) and Cov[x | x_o] (n, D, D) under the mixture (zero rows and
-    columns for observed coordinates), and log p(x_o) (n,)."""
+    components: GaussianComponents, rows: PartialRows, resp: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """E[x | x_o] (n, D) and Cov[x | x_o] (n, D, D) (zero rows and columns for observed
+    coordinates) under the mixture, the component of each row having probabilities resp
+    (n, K); None: the posterior p(z=k | x_o) of the mixture with components.log_weights."""
     log_joint, moments = observed_log_joint(components, rows)
-    log_marginal = jax.scipy.special.logsumexp(log_joint, axis=1)
-    resp = jnp.exp(log_joint - log_marginal[:, None])
+    if resp is None:
+        resp = jax.nn.softmax(log_joint, axis=1)
     filled = components.means[None] + moments.deviation  # (n, K, D)
     mean = jnp.einsum("nk,nkd->nd", resp, filled)
     scatter = scatter_matrix(rows)
@@ -137,4 +152,4 @@ def conditional_mean_and_covariance(
     covariance = jnp.einsum("nk,nkde->nde", resp, within + spread[..., :, None] * spread[..., None, :])
     missing = 1.0 - rows.observed
     covariance = covariance * missing[:, :, None] * missing[:, None, :]
-    return mean, covariance, log_marginal
+    return mean, covariance

@@ -91,7 +91,7 @@ def _fill_padding(observations: Any, lengths: Any) -> Any:
     return xp.take_along_axis(observations, source[:, :, None], axis=1)
 
 
-def as_sequences(X: Any) -> tuple[Sequences, np.ndarray | None]:
+def as_sequences(X: Any, allow_nan: bool = False) -> tuple[Sequences, np.ndarray | None]:
     """User data as padded `Sequences`, and the flat positions of the valid steps when X
     came flat (hmmlearn's layout), else None.
 
@@ -149,15 +149,17 @@ def as_sequences(X: Any) -> tuple[Sequences, np.ndarray | None]:
         if not (np.issubdtype(observations.dtype, np.number) or observations.dtype == bool):
             raise ValueError(f"observations must hold numbers, got dtype {observations.dtype}.")
         valid = np.arange(max_len)[None, :] < lengths[:, None]
-        bad = ~np.isfinite(observations) & valid[:, :, None]
+        bad = (np.isinf(observations) if allow_nan else ~np.isfinite(observations)) & valid[:, :, None]
         if bad.any():
             seq, step, _ = (int(i[0]) for i in np.nonzero(bad))
+            what = "infinite" if allow_nan else "NaN or infinite"
+            hint = "" if allow_nan else ' (GaussianHMM: fit with missing="em" for NaN as missing values)'
             raise ValueError(
-                f"observations contain {int(bad.sum())} NaN or infinite value(s) in valid steps; "
-                f"the first is sequence {seq}, step {step}."
+                f"observations contain {int(bad.sum())} {what} value(s) in valid steps; "
+                f"the first is sequence {seq}, step {step}{hint}."
             )
     observations = _fill_padding(observations, lengths)
-    rows = validation.as_data(observations.reshape(-1, n_features), "observations")
+    rows = validation.as_data(observations.reshape(-1, n_features), "observations", allow_nan=allow_nan)
     data = Sequences(rows.reshape(n_sequences, max_len, n_features), jnp.asarray(lengths, jnp.int32))
     return data, flat_positions
 
@@ -238,6 +240,7 @@ class HMMModel(Model):
 
     additive_statistics = True
     params_class: Any
+    allows_missing = False  # NaN observations are missing values (GaussianHMM.missing_width)
 
     def check_common(self) -> None:
         validation.check_positive_int(self.n_states, "n_states")
@@ -249,7 +252,7 @@ class HMMModel(Model):
     # --- eager, at jaxem.fit's boundary ---------------------------------------------------------
     def as_data(self, X: Any) -> Sequences:
         """Validated `Sequences` (see `as_sequences`), checked against the family's domain."""
-        data, _ = as_sequences(X)
+        data, _ = as_sequences(X, self.allows_missing)
         if not validation.is_traced(data.observations):
             self.check_observations(np.asarray(data.observations))
         return data
@@ -362,7 +365,7 @@ class HMMModel(Model):
 
     # --- prediction and model selection ---------------------------------------------------------
     def _layout(self, X: Any) -> tuple[Sequences, np.ndarray | None]:
-        data, flat = as_sequences(X)
+        data, flat = as_sequences(X, self.allows_missing)
         if not validation.is_traced(data.observations):
             self.check_observations(np.asarray(data.observations))
         return data, flat

@@ -28,8 +28,9 @@ from jax.scipy.special import gammaln, xlogy
 
 from jaxem import validation
 from jaxem.models import checks
+from jaxem.models import conditional_gaussian as cg
 from jaxem.models.cholesky import inverse_cholesky_transposed
-from jaxem.models.hmm import HMMModel, check_prior, dirichlet_log_prior, dirichlet_update, initial_resp, occupied
+from jaxem.models.hmm import HMMModel, as_sequences, valid_steps, check_prior, dirichlet_log_prior, dirichlet_update, initial_resp, occupied
 
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
 
@@ -79,6 +80,11 @@ class GaussianHMM(HMMModel):
         startprob_prior, transmat_prior; 1 means none).
       method: forward-backward "sequential", "parallel" or "auto" (hmm_inference).
       fixed: names of params held at their starting values, e.g. ("transition",).
+      missing_width: 0 (default): NaN observations are an error. W > 0: NaN entries are
+        missing values, at most W per step (a step may miss every entry), marginalised out
+        of the emission densities and replaced by their conditional moments in the
+        statistics (jaxem.models.conditional_gaussian). jaxem.fit(..., missing="em") sets
+        it from the data; set it to n_features to decode or score data with NaN.
     """
 
     n_states: int = dataclasses.field(metadata=dict(static=True))
@@ -90,6 +96,7 @@ class GaussianHMM(HMMModel):
     transition_prior: Any = 1.0
     method: str = dataclasses.field(default="auto", metadata=dict(static=True))
     fixed: tuple = dataclasses.field(default=(), metadata=dict(static=True))
+    missing_width: int = dataclasses.field(default=0, metadata=dict(static=True))
 
     params_class = GaussianHMMParams
 
@@ -99,6 +106,47 @@ class GaussianHMM(HMMModel):
         checks.check_hyperparameter(self.min_covar, "min_covar")
         checks.check_hyperparameter(self.covars_prior, "covars_prior")
         checks.check_hyperparameter(self.covars_weight, "covars_weight")
+
+    @property
+    def allows_missing(self) -> bool:
+        return self.missing_width > 0
+
+    def with_missing_values(self, X: Any) -> "GaussianHMM":
+        """This model with missing_width set to the most NaN entries of any valid step of X
+        (at least 1; n_features when X is traced)."""
+        data, _ = as_sequences(X, allow_nan=True)
+        if validation.is_traced(data.observations) or validation.is_traced(data.lengths):
+            width = data.observations.shape[-1]
+        else:
+            valid = np.asarray(valid_steps(data))
+            width = int(np.isnan(np.asarray(data.observations)).sum(axis=-1)[valid].max(initial=0))
+        return dataclasses.replace(self, missing_width=max(width, 1))
+
+    def impute(self, params: GaussianHMMParams, X: Any) -> tuple[jax.Array, jax.Array]:
+        """Observations with every NaN replaced by its conditional mean given all observed
+        entries of its sequence, E[x_t | observed] = sum_k p(z_t=k | observed) E[x_t | x_t,o,
+        z_t=k], and Cov[x_t | observed] (zero rows and columns for observed entries); in
+        the input's layout: (n_samples, D) and (n_samples, D, D) for flat data, else
+        (S, T, D) and (S, T, D, D)."""
+        model = dataclasses.replace(self, missing_width=params.means.shape[1])
+        data, flat = as_sequences(X, allow_nan=True)
+        n_sequences, max_len, n_features = data.observations.shape
+        marginals = model.posterior(params, data).marginals.reshape(n_sequences * max_len, -1)
+        rows = model._partial_rows(data.observations.reshape(-1, n_features))
+        mean, cov = cg.conditional_mean_and_covariance(model._components(params), rows, marginals)
+        filled = jnp.where(rows.observed > 0, rows.values, mean)
+        shaped = filled.reshape(n_sequences, max_len, n_features), cov.reshape(n_sequences, max_len, n_features, n_features)
+        return tuple(self._output(values, flat) for values in shaped)
+
+    def _partial_rows(self, X: jax.Array) -> cg.PartialRows:
+        return cg.partial_rows(X, self.missing_width)
+
+    def _components(self, params: GaussianHMMParams) -> cg.GaussianComponents:
+        k, d = params.means.shape
+        cov = self._full_covariances(params.covariances, k, d)
+        if not self._matrix:
+            cov = cov[:, :, None] * jnp.eye(d, dtype=cov.dtype)
+        return cg.gaussian_components(jnp.zeros((k,), cov.dtype), params.means, cov)
 
     @property
     def _matrix(self) -> bool:
@@ -120,6 +168,8 @@ class GaussianHMM(HMMModel):
         return _inverse_cholesky(cov) if self._matrix else cov
 
     def log_emission(self, params: GaussianHMMParams, factors: Any, X: jax.Array) -> jax.Array:
+        if self.missing_width:
+            return cg.observed_log_joint(self._components(params), self._partial_rows(X))[0]
         k, d = params.means.shape
         constant = d * math.log(2.0 * math.pi)
         if self._matrix:
@@ -139,7 +189,10 @@ class GaussianHMM(HMMModel):
         """Moments about the E-step's means c_k, from GEMMs over rows centred on the mean
         g of the means: with y = x - g and d_k = c_k - g, sum gamma (y - d)(y - d)^T =
         M - f d^T - d f^T + n d d^T, f = gamma^T y, M = gamma^T (y y^T) (a batched einsum
-        over states ran ~5x slower on CPU)."""
+        over states ran ~5x slower on CPU). With missing values, the expected moments
+        given each step's observed entries."""
+        if self.missing_width:
+            return self._expected_statistics(params, X, gamma)
         centre = jnp.mean(params.means, axis=0)
         y = X - centre
         offsets = params.means - centre
@@ -157,6 +210,14 @@ class GaussianHMM(HMMModel):
         else:
             scatter = gamma.T @ (y * y) - 2.0 * first * offsets + counts[:, None] * offsets * offsets
         return GaussianHMMStats(counts, sums, scatter)
+
+    def _expected_statistics(self, params, X, gamma) -> GaussianHMMStats:
+        rows = self._partial_rows(X)
+        _, moments = cg.observed_log_joint(self._components(params), rows)
+        counts, sums, squares = cg.expected_moments(moments, rows, gamma)
+        if not self._matrix:
+            squares = jnp.diagonal(squares, axis1=-2, axis2=-1)
+        return GaussianHMMStats(counts, sums, squares)
 
     def m_step_emission(self, stats: GaussianHMMStats, params: GaussianHMMParams) -> dict:
         n, s, scatter = stats
@@ -214,7 +275,10 @@ class GaussianHMM(HMMModel):
     # --- initialisation -----------------------------------------------------------------------
     def init_emission(self, key, X, row_weight, method) -> dict:
         """Means of the clusters of a jaxem.init method; every state's covariance is the
-        weighted data covariance plus min_covar I, as hmmlearn starts them."""
+        weighted data covariance plus min_covar I, as hmmlearn starts them (missing entries
+        at their column's observed mean)."""
+        if self.missing_width:
+            X = self._partial_rows(X).values
         resp = initial_resp(key, X, row_weight, self.n_states, method)
         counts = jnp.sum(resp, axis=0)
         total = jnp.sum(row_weight)

@@ -68,20 +68,50 @@ class MissingValues(Model):
     """`base` fitted with missing entries as latent variables (module docstring).
 
     base: the model; n_complete: how many leading rows of the data are complete (static);
-    width: W, the slots per row for missing columns (static).
+    width: W, the slots per row for missing columns (static); patterns: the distinct sets
+    of missing columns, a tuple of tuples (static) starting with the empty one, whose blocks
+    the E-step factorises once per pattern; () when unknown (traced data): once per row.
     """
 
     base: Any
     n_complete: int = dataclasses.field(default=0, metadata=dict(static=True))
     width: int = dataclasses.field(default=1, metadata=dict(static=True))
+    patterns: tuple = dataclasses.field(default=(), metadata=dict(static=True))
 
     additive_statistics = True
 
     def as_data(self, X: Any) -> cg.PartialRows:
-        """PartialRows of X (NaN = missing); see `partial_rows`."""
+        """PartialRows of X (NaN = missing) with each row's index into `patterns`; see
+        `partial_rows`."""
         rows = partial_rows(X, self.width)
         self.base.check_data(rows.values)
+        if self.patterns and not validation.is_traced(rows.values):
+            rows = rows._replace(pattern=jnp.asarray(self.pattern_ids(np.asarray(rows.observed) == 0)))
         return rows
+
+    def pattern_ids(self, missing: np.ndarray) -> np.ndarray:
+        """(n,) int32 index into `patterns` of each row of the mask missing (n, D)."""
+        table = np.zeros((len(self.patterns), missing.shape[1]), bool)
+        for i, columns in enumerate(self.patterns):
+            table[i, list(columns)] = True
+        _, inverse = np.unique(pattern_keys(np.concatenate([table, missing])), axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        lookup = np.full(inverse.max() + 1, -1, np.int64)
+        lookup[inverse[: len(table)]] = np.arange(len(table))
+        ids = lookup[inverse[len(table) :]]
+        if np.any(ids < 0):
+            raise ValueError("X has a pattern of missing entries that this model was not prepared for.")
+        return ids.astype(np.int32)
+
+    def pattern_table(self) -> cg.MissingPatterns | None:
+        """`patterns` as constant (P, W) slots and valid flags, or None."""
+        if not self.patterns:
+            return None
+        slots = np.zeros((len(self.patterns), self.width), np.int32)
+        valid = np.zeros((len(self.patterns), self.width), bool)
+        for i, columns in enumerate(self.patterns):
+            slots[i, : len(columns)], valid[i, : len(columns)] = columns, True
+        return cg.MissingPatterns(slots, valid)
 
     def start_params(self, values: dict, data: cg.PartialRows) -> Any:
         return self.base.start_params(values, data.values)
@@ -129,9 +159,10 @@ class MissingValues(Model):
         return jax.tree.map(lambda *leaves: sum(leaves[1:], leaves[0]), *parts)
 
     def _conditional_e_step(self, factors: MissingFactors, rows: cg.PartialRows, sample_weight: jax.Array):
-        log_joint, moments = cg.observed_log_joint(factors.components, rows)
+        patterns = self.pattern_table()
+        log_joint, moments = cg.observed_log_joint(factors.components, rows, patterns)
         resp, log_lik = weighted_posterior(log_joint, sample_weight, axis=1)
-        stats = self.base.statistics_from_moments(*cg.expected_moments(moments, rows, resp))
+        stats = self.base.statistics_from_moments(*cg.expected_moments(moments, rows, resp, patterns))
         return stats, log_lik
 
     def log_prior(self, params: Any) -> jax.Array:
@@ -161,13 +192,27 @@ def prepare(model: Any, X: Any, sample_weight: Any) -> tuple[MissingValues, Any,
             )
     if validation.is_traced(X):
         return MissingValues(model, 0, validation.as_data(X, allow_nan=True).shape[1]), X, sample_weight
-    rows = partial_rows(X, None)  # validates
-    n_missing = np.asarray(rows.missing_valid).sum(axis=1)
+    validation.as_data(X, allow_nan=True)
+    missing = np.isnan(np.asarray(X, dtype=float))
+    check_missing_pattern(missing)
+    n_missing = missing.sum(axis=1)
     order = np.argsort(n_missing > 0, kind="stable")
     if sample_weight is not None and jnp.shape(sample_weight) == (n_missing.size,):
         sample_weight = jnp.asarray(sample_weight)[order]
-    wrapped = MissingValues(model, int(np.sum(n_missing == 0)), max(int(n_missing.max()), 1))
+    # The empty pattern first: complete rows in a chunk that also holds incomplete ones.
+    _, first = np.unique(pattern_keys(missing), axis=0, return_index=True)
+    patterns = tuple(tuple(int(c) for c in np.flatnonzero(missing[i])) for i in first)
+    patterns = ((),) + tuple(p for p in patterns if p)
+    wrapped = MissingValues(model, int(np.sum(n_missing == 0)), max(int(n_missing.max()), 1), patterns)
     return wrapped, np.asarray(X)[order], sample_weight
+
+
+def pattern_keys(missing: np.ndarray) -> np.ndarray:
+    """One sortable key per row of the mask missing (n, D): an int64 bit field for up to
+    62 features (fast to sort), else the rows themselves (np.unique along axis 0)."""
+    if missing.shape[1] <= 62:
+        return missing.astype(np.int64) @ (np.int64(1) << np.arange(missing.shape[1], dtype=np.int64))
+    return missing
 
 
 def partial_rows(X: Any, width: int | None) -> cg.PartialRows:
@@ -186,7 +231,10 @@ def partial_rows(X: Any, width: int | None) -> cg.PartialRows:
             raise ValueError(f"a row has {most} missing entries, more than width={width}.")
     elif width is None:
         width = values.shape[1]
-    return cg.partial_rows(values, width)
+    return _partial_rows(values, width)
+
+
+_partial_rows = jax.jit(cg.partial_rows, static_argnames="width")
 
 
 def check_missing_pattern(missing: np.ndarray) -> int:

@@ -23,12 +23,13 @@ they give the EM step with the missing entries as latent variables.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jaxem.models.cholesky import inverse_cholesky_transposed
+from jaxem.sizes import MISSING_UNROLL_FEATURES
 
 
 class PartialRows(NamedTuple):
@@ -38,12 +39,30 @@ class PartialRows(NamedTuple):
     observed: (n, D) 1.0 where observed, 0.0 where missing.
     missing_index: (n, W) int32 columns missing in each row, padded with 0.
     missing_valid: (n, W) bool, False on padding slots.
+    pattern: (n,) int32 the row's entry in a `MissingPatterns` table (0 when none is used).
     """
 
     values: jax.Array
     observed: jax.Array
     missing_index: jax.Array
     missing_valid: jax.Array
+    pattern: jax.Array
+
+
+class MissingPatterns(NamedTuple):
+    """Distinct sets of missing columns, which the per-row factorisations depend on alone:
+    slots (P, W) int32 the columns, padded with 0; valid (P, W) bool."""
+
+    slots: Any
+    valid: Any
+
+
+class BlockInverses(NamedTuple):
+    """Per pattern and component: covariance (P, K, W, W) = P_mm^-1, the covariance of the
+    missing block given the observed entries (zero on padding slots); log_det (P, K) log|P_mm|."""
+
+    covariance: jax.Array
+    log_det: jax.Array
 
 
 def partial_rows(values: jax.Array, width: int) -> PartialRows:
@@ -57,7 +76,7 @@ def partial_rows(values: jax.Array, width: int) -> PartialRows:
     slots = jnp.argsort(~missing, axis=1, stable=True)[:, :width].astype(jnp.int32)
     valid = jnp.take_along_axis(missing, slots, axis=1)
     filled = jnp.where(missing, column_means, safe)
-    return PartialRows(filled, observed, jnp.where(valid, slots, 0), valid)
+    return PartialRows(filled, observed, jnp.where(valid, slots, 0), valid, jnp.zeros(values.shape[0], jnp.int32))
 
 
 class GaussianComponents(NamedTuple):
@@ -73,11 +92,11 @@ class GaussianComponents(NamedTuple):
 
 
 class ConditionalMoments(NamedTuple):
-    """Per row and component: deviation (n, K, D) x_hat - mu_k; covariance (n, K, W, W) of
-    the missing block given the observed entries (zero on padding slots)."""
+    """deviation (n, K, D): x_hat - mu_k per row and component; blocks: the BlockInverses
+    of the patterns (of every row when each row is its own pattern)."""
 
     deviation: jax.Array
-    covariance: jax.Array
+    blocks: BlockInverses
 
 
 def gaussian_components(log_weights: jax.Array, means: jax.Array, covariances: jax.Array) -> GaussianComponents:
@@ -96,43 +115,85 @@ def scatter_matrix(rows: PartialRows) -> jax.Array:
     return one_hot * rows.missing_valid[..., None]
 
 
-def observed_log_joint(components: GaussianComponents, rows: PartialRows) -> tuple[jax.Array, ConditionalMoments]:
-    """log p(x_o, z=k): (n, K), and the conditional moments of the missing entries."""
-    observed = rows.observed[:, None, :]
-    centred = (rows.values[:, None, :] - components.means[None]) * observed  # y, zero on m
-    gradient = jnp.einsum("kde,nke->nkd", components.precisions, centred)  # P y
-    valid = rows.missing_valid
-    gradient_m = jnp.take_along_axis(gradient, rows.missing_index[:, None, :], axis=2) * valid[:, None, :]
-    index = rows.missing_index
-    block = components.precisions[:, index[:, :, None], index[:, None, :]]  # (K, n, W, W)
-    block = jnp.moveaxis(block, 0, 1)
-    both_valid = (valid[:, :, None] & valid[:, None, :])[:, None]  # (n, 1, W, W)
-    eye = jnp.eye(index.shape[1], dtype=block.dtype)
-    block = jnp.where(both_valid, block, eye)
+def own_patterns(rows: PartialRows) -> MissingPatterns:
+    """Every row its own pattern (P = n), for rows whose patterns are not tabulated."""
+    return MissingPatterns(rows.missing_index, rows.missing_valid)
+
+
+def block_inverses(components: GaussianComponents, patterns: MissingPatterns) -> BlockInverses:
+    """P_mm^-1 and log|P_mm| of every pattern and component, P = components.precisions."""
+    index, valid = jnp.asarray(patterns.slots), jnp.asarray(patterns.valid)
+    block = jnp.moveaxis(components.precisions[:, index[:, :, None], index[:, None, :]], 0, 1)  # (P, K, W, W)
+    both_valid = (valid[:, :, None] & valid[:, None, :])[:, None]
+    block = jnp.where(both_valid, block, jnp.eye(index.shape[1], dtype=block.dtype))
     inverse_chol_t = inverse_cholesky_transposed(block)  # P_mm^-1 = M M^T
     covariance = inverse_chol_t @ jnp.swapaxes(inverse_chol_t, -1, -2)
+    log_det = -2.0 * jnp.sum(jnp.log(jnp.diagonal(inverse_chol_t, axis1=-2, axis2=-1)), axis=-1)
+    return BlockInverses(jnp.where(both_valid, covariance, 0.0), log_det)
+
+
+def observed_log_joint(
+    components: GaussianComponents, rows: PartialRows, patterns: MissingPatterns | None = None
+) -> tuple[jax.Array, ConditionalMoments]:
+    """log p(x_o, z=k): (n, K), and the conditional moments of the missing entries.
+
+    patterns: the table rows.pattern indexes (the blocks are then factorised once per
+    pattern, not per row), or None: every row its own pattern.
+    """
+    blocks = block_inverses(components, own_patterns(rows) if patterns is None else patterns)
+    covariance, log_det_mm = blocks if patterns is None else (blocks.covariance[rows.pattern], blocks.log_det[rows.pattern])
+    observed = rows.observed[:, None, :]
+    centred = (rows.values[:, None, :] - components.means[None]) * observed  # y, zero on m
+    gradient = _precision_products(components.precisions, centred)  # P y
+    valid = rows.missing_valid
+    gradient_m = jnp.take_along_axis(gradient, rows.missing_index[:, None, :], axis=2) * valid[:, None, :]
     solved = jnp.einsum("nkwv,nkv->nkw", covariance, gradient_m)  # P_mm^-1 (P y)_m
     maha = jnp.sum(centred * gradient, axis=-1) - jnp.sum(gradient_m * solved, axis=-1)
-    log_det_mm = -2.0 * jnp.sum(jnp.log(jnp.diagonal(inverse_chol_t, axis1=-2, axis2=-1)), axis=-1)
     log_det_oo = components.log_dets[None, :] + log_det_mm
     n_observed = jnp.sum(rows.observed, axis=1)[:, None]
     log_joint = components.log_weights[None, :] - 0.5 * (n_observed * math.log(2 * math.pi) + log_det_oo + maha)
-    deviation = centred - jnp.einsum("nkw,nwd->nkd", solved, scatter_matrix(rows))
-    return log_joint, ConditionalMoments(deviation, jnp.where(both_valid, covariance, 0.0))
+    deviation = centred - _scatter_slots(solved, scatter_matrix(rows))
+    return log_joint, ConditionalMoments(deviation, blocks)
+
+
+def _precision_products(precisions: jax.Array, centred: jax.Array) -> jax.Array:
+    """P_k y_nk: precisions (K, D, D), centred (n, K, D) -> (n, K, D)."""
+    n_features = centred.shape[-1]
+    if n_features > MISSING_UNROLL_FEATURES:
+        return jnp.einsum("kde,nke->nkd", precisions, centred)
+    return sum(precisions[None, :, :, e] * centred[:, :, None, e] for e in range(n_features))
+
+
+def _scatter_slots(solved: jax.Array, scatter: jax.Array) -> jax.Array:
+    """solved (n, K, W) placed on the missing columns by scatter (n, W, D): (n, K, D)."""
+    width = solved.shape[-1]
+    if scatter.shape[-1] > MISSING_UNROLL_FEATURES:
+        return jnp.einsum("nkw,nwd->nkd", solved, scatter)
+    return sum(solved[..., w, None] * scatter[:, None, w, :] for w in range(width))
 
 
 def expected_moments(
-    moments: ConditionalMoments, rows: PartialRows, resp: jax.Array
+    moments: ConditionalMoments, rows: PartialRows, resp: jax.Array, patterns: MissingPatterns | None = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(counts (K,), centred_sums (K, D), centred_squares (K, D, D)) about each component's
-    mean, from weighted responsibilities resp: (n, K)."""
+    mean, from weighted responsibilities resp: (n, K); patterns as in `observed_log_joint`.
+
+    The conditional covariances depend on the pattern alone, so their weighted sum is
+    taken per pattern: sum_p (sum_{n in p} r_nk) C_pk, scattered onto the missing columns.
+    """
     counts = jnp.sum(resp, axis=0)
     sums = jnp.einsum("nk,nkd->kd", resp, moments.deviation)
     squares = jnp.einsum("nkd,nke->kde", resp[..., None] * moments.deviation, moments.deviation)
-    scatter = scatter_matrix(rows)
-    weighted_cov = resp[..., None, None] * moments.covariance  # (n, K, W, W)
-    squares = squares + jnp.einsum("nwd,nkwv,nve->kde", scatter, weighted_cov, scatter)
-    return counts, sums, squares
+    if patterns is None:
+        patterns, pattern_resp = own_patterns(rows), resp
+    else:
+        pattern_resp = jax.ops.segment_sum(resp, rows.pattern, num_segments=len(patterns.slots))
+    n_components, n_features = squares.shape[:2]
+    slots = jnp.asarray(patterns.slots)
+    flat = (slots[:, :, None] * n_features + slots[:, None, :]).reshape(-1)  # (P W W,)
+    weighted = jnp.moveaxis(pattern_resp[..., None, None] * moments.blocks.covariance, 1, 0).reshape(n_components, -1)
+    within = jnp.zeros((n_components, n_features * n_features), squares.dtype).at[:, flat].add(weighted)
+    return counts, sums, squares + within.reshape(n_components, n_features, n_features)
 
 
 def conditional_mean_and_covariance(
@@ -147,7 +208,7 @@ def conditional_mean_and_covariance(
     filled = components.means[None] + moments.deviation  # (n, K, D)
     mean = jnp.einsum("nk,nkd->nd", resp, filled)
     scatter = scatter_matrix(rows)
-    within = jnp.einsum("nwd,nkwv,nve->nkde", scatter, moments.covariance, scatter)
+    within = jnp.einsum("nwd,nkwv,nve->nkde", scatter, moments.blocks.covariance, scatter)
     spread = filled - mean[:, None, :]
     covariance = jnp.einsum("nk,nkde->nde", resp, within + spread[..., :, None] * spread[..., None, :])
     missing = 1.0 - rows.observed

@@ -120,6 +120,9 @@ def fit(
     check_model(model)
     if missing_lib.check_missing(missing) == "em":
         model, X, sample_weight = missing_lib.prepare(model, X, sample_weight)
+        # Its E-step bounds memory with blocks of incomplete rows; chunks would take the
+        # slower per-row path (an explicit chunk_size still does, to bound memory further).
+        chunk_size = None if chunk_size == "auto" else chunk_size
     config = FitConfig(
         n_restarts=n_restarts, max_iter=max_iter, criterion=criterion,
         init=None if isinstance(init, dict) else validation.check_choice(init, "init", INIT_METHODS), accelerate=accelerate, diff=diff,

@@ -27,8 +27,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxem.models.cholesky import inverse_cholesky_transposed
+from jaxem.models.mixture import weighted_posterior
 from jaxem.sizes import MISSING_UNROLL_FEATURES
 
 
@@ -214,3 +216,102 @@ def conditional_mean_and_covariance(
     missing = 1.0 - rows.observed
     covariance = covariance * missing[:, :, None] * missing[:, None, :]
     return mean, covariance
+
+
+# --- incomplete rows in blocks of one pattern: the E-step as GEMMs ---------------------------------
+class PatternBlocks(NamedTuple):
+    """Incomplete rows grouped into blocks of B rows that share one pattern.
+
+    features: (n_blocks, n_phi, B) the upper triangle of e e^T, e = [y; 1], y = x - shift,
+      in np.triu_indices order (missing entries at their column's mean: their coefficients
+      are zero); shift: (D,); pattern: (n_blocks,) int32 index into the MissingPatterns.
+    """
+
+    features: jax.Array
+    shift: jax.Array
+    pattern: jax.Array
+
+
+class PatternTerms(NamedTuple):
+    """Per pattern p and component k (`pattern_terms`): coefficients (P, n_phi, K) of
+    log p(x_o, z=k) in the features; transforms H (P, K, D, D) with x_hat - mu_k =
+    H (y - m_k), m_k = mu_k - shift; within (P, K, D, D) the conditional covariance on the
+    missing block, zero elsewhere."""
+
+    coefficients: jax.Array
+    transforms: jax.Array
+    within: jax.Array
+
+
+def pattern_blocks(values: jax.Array, pattern: jax.Array, block_size: int) -> PatternBlocks:
+    """PatternBlocks of rows values (n, D) (missing entries filled), n a multiple of
+    block_size, consecutive blocks of one pattern each (pattern: (n,) per row)."""
+    n_rows, n_features = values.shape
+    shift = jnp.mean(values, axis=0)
+    extended = jnp.concatenate([values - shift, jnp.ones_like(values[:, :1])], axis=1)
+    extended = jnp.swapaxes(extended.reshape(n_rows // block_size, block_size, n_features + 1), 1, 2)
+    rows, cols = np.triu_indices(n_features + 1)
+    return PatternBlocks(extended[:, rows, :] * extended[:, cols, :], shift, pattern[::block_size])
+
+
+def pattern_terms(components: GaussianComponents, patterns: MissingPatterns, shift: jax.Array) -> PatternTerms:
+    """Every pattern's log-density coefficients and conditional-moment maps (see
+    PatternTerms), from the precision P: Sigma_oo^-1 = P_oo - P_om P_mm^-1 P_mo embedded as
+    Q = O (P - P C P) O with C the embedded P_mm^-1 and O the observed indicator, and
+    x_hat - mu = (I - C P) O (y - m)."""
+    blocks = block_inverses(components, patterns)
+    n_features = components.means.shape[1]
+    slots = np.asarray(patterns.slots)
+    scatter = jax.nn.one_hot(slots, n_features, dtype=components.means.dtype) * np.asarray(patterns.valid)[..., None]
+    within = jnp.einsum("pwd,pkwv,pve->pkde", scatter, blocks.covariance, scatter)  # (P, K, D, D)
+    observed = 1.0 - jnp.sum(scatter, axis=1)  # (P, D)
+    precisions = components.precisions[None]
+    both = observed[:, None, :, None] * observed[:, None, None, :]
+    quadratic = both * (precisions - precisions @ within @ precisions)  # Q: (P, K, D, D)
+    eye = jnp.eye(n_features, dtype=within.dtype)
+    transforms = (eye - within @ precisions) * observed[:, None, None, :]
+    centres = components.means - shift  # m: (K, D)
+    linear = jnp.einsum("pkde,ke->pkd", quadratic, centres)
+    log_det_oo = components.log_dets[None, :] + blocks.log_det
+    n_observed = jnp.sum(observed, axis=1)[:, None]
+    constant = components.log_weights[None, :] - 0.5 * (
+        n_observed * math.log(2 * math.pi) + log_det_oo + jnp.sum(linear * centres[None], axis=-1)
+    )
+    # log p(x_o, z=k) = e^T A e, A = [[-Q/2, Q m/2], [m^T Q/2, constant]]; each feature holds
+    # a product e_i e_j once, so off-diagonal coefficients count twice.
+    top = jnp.concatenate([-0.5 * quadratic, 0.5 * linear[..., None]], axis=-1)
+    bottom = jnp.concatenate([0.5 * linear, constant[..., None]], axis=-1)[..., None, :]
+    matrix = jnp.concatenate([top, bottom], axis=-2)  # (P, K, D + 1, D + 1)
+    rows, cols = np.triu_indices(n_features + 1)
+    twice_off_diagonal = np.where(rows == cols, 1.0, 2.0).astype(matrix.dtype)
+    coefficients = jnp.swapaxes(twice_off_diagonal * matrix[..., rows, cols], 1, 2)
+    return PatternTerms(coefficients, transforms, within)
+
+
+def blocked_e_step(
+    components: GaussianComponents, blocks: PatternBlocks, weights: jax.Array, patterns: MissingPatterns
+) -> tuple[tuple[jax.Array, jax.Array, jax.Array], jax.Array]:
+    """((counts (K,), centred_sums (K, D), centred_squares (K, D, D)) about the means, the
+    weighted summed observed-data log-likelihood) of rows in PatternBlocks, weights
+    (n_blocks, B): two batched GEMMs over blocks, then each pattern's raw moments of y
+    mapped to the expected moments of x (`PatternTerms`)."""
+    terms = pattern_terms(components, patterns, blocks.shift)
+    log_joint_t = jnp.einsum("bqk,bqn->bkn", terms.coefficients[blocks.pattern], blocks.features)
+    resp_t, log_lik = weighted_posterior(log_joint_t, weights, axis=1)
+    raw = jnp.einsum("bkn,bqn->bkq", resp_t, blocks.features)
+    raw = jax.ops.segment_sum(raw, blocks.pattern, num_segments=len(patterns.slots))  # (P, K, n_phi)
+    n_features = components.means.shape[1]
+    rows, cols = np.triu_indices(n_features + 1)
+    index = np.zeros((n_features + 1, n_features + 1), np.int32)
+    index[rows, cols] = index[cols, rows] = np.arange(len(rows))
+    moments = raw[..., index]  # (P, K, D + 1, D + 1): sum r e e^T
+    counts, first, second = moments[..., -1, -1], moments[..., :-1, -1], moments[..., :-1, :-1]
+    centres = (components.means - blocks.shift)[None]
+    about = first - counts[..., None] * centres  # sum r (y - m)
+    cross = first[..., :, None] * centres[..., None, :]
+    scatter = second - cross - jnp.swapaxes(cross, -1, -2) + counts[..., None, None] * centres[..., :, None] * centres[..., None, :]
+    transforms = terms.transforms
+    sums = jnp.einsum("pkde,pke->kd", transforms, about)
+    squares = jnp.einsum("pkde,pkef,pkgf->kdg", transforms, scatter, transforms)
+    squares = squares + jnp.einsum("pk,pkde->kde", counts, terms.within)
+    return (jnp.sum(counts, axis=0), sums, squares), log_lik

@@ -2,9 +2,9 @@
 complete data, in one run.
 
 Gaussian mixtures (full covariances unless stated) on N rows, float32 and float64, with a
-fraction of entries deleted at random (MCAR); the same start, ITERS iterations (tol 0) for
-every fit, auto chunks. Reported: ms per iteration (median of REPEATS runs of the compiled
-program, compile time apart; the marginal cost of an iteration, from fits of ITERS and 2 ITERS
+fraction of entries deleted at random (MCAR); the same start, a case's number of iterations (tol 0)
+for every fit, auto chunks. Reported: ms per iteration (median of REPEATS runs of the compiled
+program, compile time apart; the marginal cost of an iteration, from fits of n and 2 n
 iterations, and the rest of a call apart), the ratio to the faster of the complete-data fits
 with auto chunks and in one pass (a missing="em" fit runs in one pass, its incomplete rows
 in blocks of one missingness pattern), and the share of rows
@@ -17,7 +17,6 @@ Run: python benchmarks/bench_missing.py [--quick]
 
 import argparse
 import json
-import statistics
 import sys
 import time
 import warnings
@@ -33,9 +32,13 @@ from sklearn.mixture import GaussianMixture as SklearnGaussianMixture  # noqa: E
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import jaxem  # noqa: E402
+from benchmarks.bench_factor_analysis import median_time  # noqa: E402
 
-FULL = dict(repeats=5, n=100_000, iters=20, cases=[(5, 4, "full", 0.1), (5, 4, "full", 0.02), (5, 4, "diag", 0.1), (16, 8, "full", 0.1)])
-QUICK = dict(repeats=2, n=5_000, iters=5, cases=[(5, 4, "full", 0.1)])
+# (D, K, covariance type, fraction of entries deleted, iterations per timed fit)
+FULL = dict(repeats=3, n=100_000, cases=[
+    (5, 4, "full", 0.1, 200), (5, 4, "full", 0.02, 200), (5, 4, "diag", 0.1, 200), (16, 8, "full", 0.1, 5),
+])
+QUICK = dict(repeats=2, n=5_000, cases=[(5, 4, "full", 0.1, 5)])
 
 
 def mixture_rows(seed, n, d, k):
@@ -53,15 +56,6 @@ def delete_entries(X, fraction, seed):
     empty = np.isnan(holes).all(axis=1)
     holes[empty, 0] = X[empty, 0]
     return holes
-
-
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def timed_fit(model, X, start, iters, repeats, missing, **options):
@@ -101,9 +95,9 @@ def main(argv=None):
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "missing.json"))
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
-    n, iters, repeats = cfg["n"], cfg["iters"], cfg["repeats"]
+    n, repeats = cfg["n"], cfg["repeats"]
     rows = []
-    for d, k, cov_type, fraction in cfg["cases"]:
+    for d, k, cov_type, fraction, iters in cfg["cases"]:
         X = mixture_rows(0, n, d, k)
         holes = delete_entries(X, fraction, 1)
         model = jaxem.GaussianMixture(k, cov_type)

@@ -10,12 +10,15 @@ log-likelihood of the observed entries.
 type, FactorAnalysis, PPCA: those with `gaussian_components` and `statistics_from_moments`)
 into a jaxem.protocol.Model, so the engine (restarts, chunking, acceleration, implicit
 gradients, progress) runs it unchanged. Complete rows keep the base model's own E-step
-(the GEMM path of a Gaussian mixture); only incomplete rows take the conditional one, which
-factorises a W x W block per row and component, W the most entries missing in any row.
-For that split, `prepare` moves complete rows first (with their weights) when the data is
-concrete; inside a user's jit every row takes the conditional E-step with W = D. With
-chunks, a chunk of complete rows takes the base E-step and any other chunk the
-conditional one (one `lax.cond` per chunk).
+(the GEMM path of a Gaussian mixture); only incomplete rows take the conditional one.
+What it factorises (the W x W block of the precision on the missing columns, W the most
+entries any row misses) depends only on the row's missingness pattern, so on concrete data
+`prepare` orders the rows complete first, then grouped by pattern into blocks of one
+pattern (padded with weight-0 rows), and the incomplete rows' E-step is two batched GEMMs
+over those blocks with per-pattern coefficients (conditional_gaussian.blocked_e_step).
+Inside a user's jit the patterns are unknown: every row takes the per-row conditional
+E-step with W = D. With an explicit chunk_size, a chunk of complete rows takes the base
+E-step and any other chunk the per-row one (one `lax.cond` per chunk).
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ What it factorises (the W x W block of the precision on the missing columns, W t
 entries any row misses) depends only on the row's missingness pattern, so on concrete data
 `prepare` orders the rows complete first, then grouped by pattern into blocks of one
 pattern (padded with weight-0 rows), and the incomplete rows' E-step is two batched GEMMs
-over those blocks with per-pattern coefficients (conditional_gaussian.blocked_e_step).
+over those blocks with per-pattern coefficients (conditional_gaussian.blocked_e_step);
+for diagonal covariances no pattern matters (missing coordinates are independent of the
+observed ones given the component) and it is one GEMM each way (diagonal_e_step).
 Inside a user's jit the patterns are unknown: every row takes the per-row conditional
 E-step with W = D. With an explicit chunk_size, a chunk of complete rows takes the base
 E-step and any other chunk the per-row one (one `lax.cond` per chunk).
@@ -110,6 +112,11 @@ class MissingValues(Model):
             raise ValueError("X has a pattern of missing entries that this model was not prepared for.")
         return ids.astype(np.int32)
 
+    @property
+    def _diagonal(self) -> bool:
+        """The base model's covariances are diagonal (`diagonal_e_step` applies)."""
+        return bool(getattr(self.base, "diagonal_covariances", False))
+
     def pattern_table(self) -> cg.MissingPatterns | None:
         """`patterns` as constant (P, W) slots and valid flags, or None."""
         if not self.patterns:
@@ -131,7 +138,9 @@ class MissingValues(Model):
         n_complete, n_rows = self.n_complete, data.values.shape[0]
         complete = self.base.precompute(data.values[:n_complete]) if n_complete else None
         incomplete = jax.tree.map(lambda leaf: leaf[n_complete:], data) if n_complete < n_rows else None
-        if incomplete is not None and self.block_size:
+        if incomplete is not None and self._diagonal:
+            incomplete = cg.observed_features(incomplete)
+        elif incomplete is not None and self.block_size:
             incomplete = cg.pattern_blocks(incomplete.values, incomplete.pattern, self.block_size)
         return SplitRows(complete, incomplete)
 
@@ -163,13 +172,22 @@ class MissingValues(Model):
         parts = []
         if data.complete is not None:
             parts.append(self.base.e_step(factors.base, data.complete, sample_weight[: self.n_complete]))
-        if isinstance(data.incomplete, cg.PatternBlocks):
-            weights = sample_weight[self.n_complete :].reshape(-1, self.block_size)
-            moments, log_lik = cg.blocked_e_step(factors.components, data.incomplete, weights, self.pattern_table())
-            parts.append((self.base.statistics_from_moments(*moments), log_lik))
-        elif data.incomplete is not None:
-            parts.append(self._conditional_e_step(factors, data.incomplete, sample_weight[self.n_complete :]))
+        if data.incomplete is not None:
+            parts.append(self._incomplete_e_step(factors, data.incomplete, sample_weight[self.n_complete :]))
         return jax.tree.map(lambda *leaves: sum(leaves[1:], leaves[0]), *parts)
+
+    def _incomplete_e_step(self, factors: MissingFactors, incomplete: Any, sample_weight: jax.Array):
+        """(statistics, log-likelihood) of the incomplete rows in their `precompute` form."""
+        if isinstance(incomplete, cg.ObservedFeatures):
+            log_weights, means, covariances = self.base.gaussian_components(factors.params)
+            variances = jnp.diagonal(covariances, axis1=-2, axis2=-1)
+            moments, log_lik = cg.diagonal_e_step(log_weights, means, variances, incomplete, sample_weight)
+        elif isinstance(incomplete, cg.PatternBlocks):
+            weights = sample_weight.reshape(-1, self.block_size)
+            moments, log_lik = cg.blocked_e_step(factors.components, incomplete, weights, self.pattern_table())
+        else:
+            return self._conditional_e_step(factors, incomplete, sample_weight)
+        return self.base.statistics_from_moments(*moments), log_lik
 
     def _conditional_e_step(self, factors: MissingFactors, rows: cg.PartialRows, sample_weight: jax.Array):
         patterns = self.pattern_table()

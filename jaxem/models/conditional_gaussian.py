@@ -315,3 +315,40 @@ def blocked_e_step(
     squares = jnp.einsum("pkde,pkef,pkgf->kdg", transforms, scatter, transforms)
     squares = squares + jnp.einsum("pk,pkde->kde", counts, terms.within)
     return (jnp.sum(counts, axis=0), sums, squares), log_lik
+
+
+# --- components with diagonal covariances: no patterns needed --------------------------------------
+class ObservedFeatures(NamedTuple):
+    """Incomplete rows for diagonal components: features (3 D, n) feature-major
+    [o y^2; o y; o] with y = x - shift and o the observed indicator; shift (D,)."""
+
+    features: jax.Array
+    shift: jax.Array
+
+
+def observed_features(rows: PartialRows) -> ObservedFeatures:
+    shift = jnp.mean(rows.values, axis=0)
+    observed = rows.observed
+    centred = (rows.values - shift) * observed
+    return ObservedFeatures(jnp.concatenate([(centred * centred).T, centred.T, observed.T]), shift)
+
+
+def diagonal_e_step(
+    log_weights: jax.Array, means: jax.Array, variances: jax.Array, data: ObservedFeatures, weights: jax.Array
+) -> tuple[tuple[jax.Array, jax.Array, jax.Array], jax.Array]:
+    """As `blocked_e_step` for components with diagonal covariances, variances (K, D): the
+    missing coordinates are independent of the observed ones given the component (x_hat_m =
+    mu_m, C = diag(variances_m)), so log p(x_o, z=k) and every expected moment are linear
+    in the features: one GEMM each way, as for complete rows. centred_squares comes back
+    diagonal (K, D, D), all a diagonal model's M-step reads."""
+    centres = means - data.shift
+    inverse = 1.0 / variances
+    constant = -0.5 * (jnp.log(2 * math.pi * variances) + centres * centres * inverse)
+    coefficients = jnp.concatenate([-0.5 * inverse, centres * inverse, constant], axis=1)  # (K, 3 D)
+    log_joint_t = coefficients @ data.features + log_weights[:, None]
+    resp_t, log_lik = weighted_posterior(log_joint_t, weights, axis=0)
+    squares_o, sums_o, counts_o = jnp.split(resp_t @ data.features.T, 3, axis=1)  # (K, D) each
+    counts = jnp.sum(resp_t, axis=1)
+    sums = sums_o - centres * counts_o
+    squares = squares_o - 2.0 * centres * sums_o + centres * centres * counts_o + variances * (counts[:, None] - counts_o)
+    return (counts, sums, squares[..., None] * jnp.eye(means.shape[1], dtype=squares.dtype)), log_lik

@@ -457,6 +457,11 @@ class GaussianMixture(MixtureModel):
             cov = cov[:, None, None] * eye
         return self.log_weights(params), params.means, cov
 
+    @property
+    def diagonal_covariances(self) -> bool:
+        """Diagonal (or spherical) covariances: jaxem.missing needs no missingness patterns."""
+        return self.covariance_type in ("diag", "spherical")
+
     def statistics_from_moments(
         self, counts: jax.Array, centred_sums: jax.Array, centred_squares: jax.Array
     ) -> GaussianMixtureStats:

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxem.models.cholesky import inverse_cholesky_transposed
+from jaxem.models.gaussian_mixture import _extended_triangle, _symmetric_index
 from jaxem.models.mixture import weighted_posterior
 from jaxem.sizes import MISSING_UNROLL_FEATURES
 
@@ -250,7 +251,7 @@ def pattern_blocks(values: jax.Array, pattern: jax.Array, block_size: int) -> Pa
     shift = jnp.mean(values, axis=0)
     extended = jnp.concatenate([values - shift, jnp.ones_like(values[:, :1])], axis=1)
     extended = jnp.swapaxes(extended.reshape(n_rows // block_size, block_size, n_features + 1), 1, 2)
-    rows, cols = np.triu_indices(n_features + 1)
+    rows, cols = _extended_triangle(n_features)
     return PatternBlocks(extended[:, rows, :] * extended[:, cols, :], shift, pattern[::block_size])
 
 
@@ -282,7 +283,7 @@ def pattern_terms(components: GaussianComponents, patterns: MissingPatterns, shi
     top = jnp.concatenate([-0.5 * quadratic, 0.5 * linear[..., None]], axis=-1)
     bottom = jnp.concatenate([0.5 * linear, constant[..., None]], axis=-1)[..., None, :]
     matrix = jnp.concatenate([top, bottom], axis=-2)  # (P, K, D + 1, D + 1)
-    rows, cols = np.triu_indices(n_features + 1)
+    rows, cols = _extended_triangle(n_features)
     twice_off_diagonal = np.where(rows == cols, 1.0, 2.0).astype(matrix.dtype)
     coefficients = jnp.swapaxes(twice_off_diagonal * matrix[..., rows, cols], 1, 2)
     return PatternTerms(coefficients, transforms, within)
@@ -300,11 +301,7 @@ def blocked_e_step(
     resp_t, log_lik = weighted_posterior(log_joint_t, weights, axis=1)
     raw = jnp.einsum("bkn,bqn->bkq", resp_t, blocks.features)
     raw = jax.ops.segment_sum(raw, blocks.pattern, num_segments=len(patterns.slots))  # (P, K, n_phi)
-    n_features = components.means.shape[1]
-    rows, cols = np.triu_indices(n_features + 1)
-    index = np.zeros((n_features + 1, n_features + 1), np.int32)
-    index[rows, cols] = index[cols, rows] = np.arange(len(rows))
-    moments = raw[..., index]  # (P, K, D + 1, D + 1): sum r e e^T
+    moments = raw[..., _symmetric_index(components.means.shape[1])]  # (P, K, D + 1, D + 1): sum r e e^T
     counts, first, second = moments[..., -1, -1], moments[..., :-1, -1], moments[..., :-1, :-1]
     centres = (components.means - blocks.shift)[None]
     about = first - counts[..., None] * centres  # sum r (y - m)

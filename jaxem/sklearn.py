@@ -92,9 +92,14 @@ from jaxem.models import checks as _checks
 
 __all__ = [
     "BernoulliMixture",
+    "CategoricalHMM",
     "CategoricalMixture",
+    "FactorAnalysis",
+    "GaussianHMM",
     "GaussianMixture",
     "MixtureOfRegressions",
+    "PPCA",
+    "PoissonHMM",
     "PoissonMixture",
     "StudentTMixture",
 ]
@@ -934,3 +939,18 @@ class MixtureOfRegressions(_OtherMixture):
         padded = jnp.asarray(_pad_rows(design, _bucket(int(n_samples))), params.coefs.dtype)
         X, labels = _sample(model, self._sample_key(), params, padded.shape[0], padded)
         return np.array(np.asarray(X)[:n_samples]), np.asarray(labels)[:n_samples].astype(np.int64)
+
+
+
+# The continuous-latent (FactorAnalysis, PPCA) and sequence (GaussianHMM, CategoricalHMM,
+# PoissonHMM, with hmmlearn's API) estimators live in jaxem.sklearn_latent, which uses this
+# module's helpers; exported from here on first access (PEP 562).
+_LATENT = ("CategoricalHMM", "FactorAnalysis", "GaussianHMM", "PPCA", "PoissonHMM")
+
+
+def __getattr__(name):
+    if name in _LATENT:
+        from jaxem import sklearn_latent
+
+        return getattr(sklearn_latent, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -149,9 +149,13 @@ def test_categorical_and_poisson_hmm_match_hmmlearn():
     rng = np.random.default_rng(2)
     codes = rng.integers(3, size=(LENGTHS.sum(), 1))
     counts = rng.poisson(np.where(np.arange(LENGTHS.sum())[:, None] // 10 % 2, 6.0, 1.0), size=(LENGTHS.sum(), 2))
+    # The categorical fit from a given start (hmmlearn's init_params=""), the Poisson one from
+    # jaxem's drawn start.
+    categorical_start = dict(startprob_=np.array([0.6, 0.4]), transmat_=np.array([[0.8, 0.2], [0.3, 0.7]]),
+                             emissionprob_=np.array([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5]]))
     cases = [
-        (jsk.CategoricalHMM(2, n_iter=20, random_state=0), hmm.CategoricalHMM(2, init_params=""), codes,
-         ("startprob_", "transmat_", "emissionprob_")),
+        (set_attributes(jsk.CategoricalHMM(2, n_iter=20, init_params=""), categorical_start),
+         hmm.CategoricalHMM(2, init_params=""), codes, ("startprob_", "transmat_", "emissionprob_")),
         (jsk.PoissonHMM(2, n_iter=20, random_state=0), hmm.PoissonHMM(2, init_params=""), counts,
          ("startprob_", "transmat_", "lambdas_")),
     ]

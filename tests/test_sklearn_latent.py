@@ -40,15 +40,15 @@ def test_factor_analysis_matches_sklearn():
     assert fa.components_.shape == (2, 6) and fa.noise_variance_.shape == (6,) and fa.n_iter_ == len(fa.loglike_)
     np.testing.assert_allclose(fa.score(X), sk.score(X), rtol=0, atol=1e-9)
     np.testing.assert_allclose(fa.loglike_[-1] / len(X), sk.score(X), rtol=0, atol=1e-9)
-    np.testing.assert_allclose(fa.score_samples(X), sk.score_samples(X), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(fa.score_samples(X), sk.score_samples(X), rtol=0, atol=1e-5)
     np.testing.assert_allclose(fa.mean_, sk.mean_, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(fa.noise_variance_, sk.noise_variance_, rtol=0, atol=1e-4)
-    np.testing.assert_allclose(fa.get_covariance(), sk.get_covariance(), rtol=0, atol=1e-4)
-    np.testing.assert_allclose(fa.get_precision(), sk.get_precision(), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(fa.noise_variance_, sk.noise_variance_, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fa.get_covariance(), sk.get_covariance(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(fa.get_precision(), sk.get_precision(), rtol=0, atol=1e-5)
     # The same orientation as scikit-learn's components_, up to the sign of each factor.
     signs = np.sign(np.sum(fa.components_ * sk.components_, axis=1))
-    np.testing.assert_allclose(fa.components_ * signs[:, None], sk.components_, rtol=0, atol=1e-3)
-    np.testing.assert_allclose(fa.transform(X) * signs, sk.transform(X), rtol=0, atol=1e-3)
+    np.testing.assert_allclose(fa.components_ * signs[:, None], sk.components_, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(fa.transform(X) * signs, sk.transform(X), rtol=0, atol=1e-5)
 
 
 def test_ppca_is_pca_at_the_optimum():

@@ -5,7 +5,9 @@ weights are per sequence and chunked E-steps split the batch of sequences. The E
 `hmm_inference.forward_backward` on every sequence (vmapped) and returns additive
 statistics: expected initial-state counts, expected transition counts summed over time,
 and the emission family's statistics of the marginals gamma_t(k), all weighted by the
-sequence's weight and summed over sequences. The M-step is closed form for the initial
+sequence's weight and summed over sequences (`hmm_inference.batch_posterior`: with
+method="auto" on CPU one scaled scan over the whole batch and one GEMM for the transition
+counts). The M-step is closed form for the initial
 distribution and the transition rows (Dirichlet MAP, hmmlearn's update) and the
 family's own for the emissions.
 
@@ -333,17 +335,20 @@ class HMMModel(Model):
         """Weighted, summed statistics and sum_s w_s log p(sequence_s); a sequence of weight 0
         (a chunk's padding) adds exactly nothing."""
         prepared = self._prepared(params)
-        post = self.posterior(prepared, data)
+        p, factors = prepared
+        n_sequences, max_len, n_features = data.observations.shape
+        rows = data.observations.reshape(-1, n_features)
+        log_em = self.log_emission(p, factors, rows).reshape(n_sequences, max_len, -1)
         used = sample_weight > 0
         w = jnp.where(used, sample_weight, 0.0)
+        post = hmm_inference.batch_posterior(
+            safe_log(p.initial), safe_log(p.transition), log_em, data.lengths, w, self.method
+        )
         gamma = jnp.where(used[:, None, None], post.marginals, 0.0) * w[:, None, None]
-        transitions = jnp.sum(jnp.where(used[:, None, None], post.transitions, 0.0) * w[:, None, None], axis=0)
         log_lik = jnp.sum(jnp.where(used, w * post.log_likelihood, 0.0))
-        n_features = data.observations.shape[-1]
-        rows = data.observations.reshape(-1, n_features)
         gamma_rows = gamma.reshape(rows.shape[0], -1)
-        emission = self.emission_statistics(prepared.params, rows, gamma_rows)
-        return HMMStats(jnp.sum(gamma[:, 0], axis=0), transitions, emission), log_lik
+        emission = self.emission_statistics(p, rows, gamma_rows)
+        return HMMStats(jnp.sum(gamma[:, 0], axis=0), post.transitions, emission), log_lik
 
     def log_prior(self, params: Any) -> jax.Array:
         """Dirichlet terms of the initial distribution and transition rows, plus the emission's."""
@@ -455,9 +460,7 @@ def _log_likelihood(model, params, data):
     n_sequences, max_len, n_features = data.observations.shape
     log_em = model.log_emission(p, factors, data.observations.reshape(-1, n_features))
     log_em = log_em.reshape(n_sequences, max_len, -1)
-    log_initial, log_transition = safe_log(p.initial), safe_log(p.transition)
-    run = lambda e, n: hmm_inference.log_likelihood(log_initial, log_transition, e, n, model.method)
-    return jax.vmap(run)(log_em, data.lengths)
+    return hmm_inference.batch_log_likelihood(safe_log(p.initial), safe_log(p.transition), log_em, data.lengths, model.method)
 
 
 _sample = jax.jit(

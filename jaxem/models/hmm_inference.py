@@ -22,10 +22,14 @@ from jax import lax
 AUTO_PARALLEL_MIN_LENGTH = 256
 """Padded length from which method="auto" picks the parallel scan on GPU/TPU.
 
-A placeholder, not measured: the crossover is to be set by a benchmark on each backend.
+A placeholder, not measured on a GPU/TPU: the crossover is to be set by a benchmark on each
+backend. On CPU the parallel scan never won (benchmarks/bench_hmm.py: 12-40x slower than
+the scaled scan at T = 250..4000, K = 8), so "auto" never picks it there.
 """
 
 METHODS = ("sequential", "parallel", "auto")
+"""The user's choices. "auto" resolves to "parallel" (see AUTO_PARALLEL_MIN_LENGTH) or to
+the internal "scaled" kernel (probability space, one fused forward-backward scan)."""
 
 
 class Posterior(NamedTuple):
@@ -71,13 +75,14 @@ def _masked_emission(log_emission: jax.Array, valid: jax.Array) -> jax.Array:
 
 
 def _resolve_method(method: str, num_steps: int) -> str:
-    """"sequential" or "parallel"; "auto" picks parallel off CPU for T >= AUTO_PARALLEL_MIN_LENGTH."""
+    """"sequential", "parallel" or "scaled": "auto" picks parallel off CPU for T >=
+    AUTO_PARALLEL_MIN_LENGTH, else the scaled scan."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method != "auto":
         return method
     on_accelerator = jax.default_backend() != "cpu"
-    return "parallel" if on_accelerator and num_steps >= AUTO_PARALLEL_MIN_LENGTH else "sequential"
+    return "parallel" if on_accelerator and num_steps >= AUTO_PARALLEL_MIN_LENGTH else "scaled"
 
 
 # --- forward and backward messages -----------------------------------------------------------
@@ -148,6 +153,109 @@ def _transitions_parallel(matrices, alphas, betas, valid, log_likelihood):
     return jnp.sum(jnp.where(valid[1:, None, None], pairs, 0.0), axis=0)
 
 
+# --- the scaled kernel: probability space, a batch of sequences, one fused scan ---------------
+# alpha_hat_t = p(z_t | x_{0:t}) and c_t = p(x_t | x_{0:t-1}) / exp(peak_t), where
+# p_t(k) = exp(log_emission_t(k) - peak_t), peak_t = max_k log_emission_t(k): the forward step
+# is alpha_hat_t = (alpha_hat_{t-1} A) * p_t / c_t, so log p(x) = sum_t log c_t + peak_t.
+# beta_hat_t is beta_t rescaled to sum 1 at every step (any positive scale would do: the
+# marginals are alpha_hat_t * beta_hat_t normalised over states). The backward recursion
+# needs nothing from the forward one, so one lax.scan runs both, the forward at step t and
+# the backward at step T - t: half the sequential steps, each a few small fused loops (no
+# K x K exp or log per step, as the log-space scan has). The pair posteriors are summed
+# outside the scan in one GEMM over all steps and sequences:
+#   sum_t xi_t(i, j) = A_ij sum_t alpha_hat_{t-1}(i) p_t(j) beta_hat_t(j) / (c_t g_t),
+# g_t = sum_k alpha_hat_t(k) beta_hat_t(k) (sum_ij of the numerator is c_t g_t).
+# Exact in real arithmetic; in floating point a state whose probability relative to the
+# step's best falls below the dtype's smallest normal number is 0 here and tiny in log
+# space, which matters only if the data later force the path through it (a zero
+# transition or emission probability elsewhere); the log-space "sequential" method has no
+# such limit (hmmlearn's and dynamax's scaled algorithms share it).
+
+
+def _times_transition(alpha: jax.Array, transition: jax.Array) -> jax.Array:
+    """(S, K) alpha @ transition (K, K), as a broadcast multiply and reduce that XLA:CPU fuses
+    into one loop (a dot_general per scan step costs ~1.5 us of call overhead at this size)."""
+    return jnp.sum(alpha[:, :, None] * transition, axis=1)
+
+
+def _transition_times(values: jax.Array, transition: jax.Array) -> jax.Array:
+    """(S, K) values @ transition.T: sum_j transition[i, j] values[s, j]."""
+    return jnp.sum(values[:, None, :] * transition, axis=2)
+
+
+def _scaled_emissions(log_emission: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Time-major (T, S, K) p_t = exp(log_emission - peak_t) and (T, S) peak_t, padded steps 0
+    (so p = 1 there); log_emission (S, T, K), valid (T, S)."""
+    log_emission = jnp.where(valid[..., None], jnp.swapaxes(log_emission, 0, 1), 0.0)
+    peak = jnp.max(log_emission, axis=-1)
+    peak = lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0.0))
+    return jnp.exp(log_emission - peak[..., None]), peak
+
+
+def _scaled_first(log_initial: jax.Array, emission: jax.Array) -> tuple[jax.Array, jax.Array]:
+    alpha = jnp.exp(log_initial) * emission
+    scale = jnp.sum(alpha, axis=-1)
+    return alpha / scale[:, None], scale
+
+
+def _scaled_forward_backward(log_initial, log_transition, log_emission, lengths, pair_weight):
+    """Scaled forward-backward on a batch: log_emission (S, T, K), lengths (S,), pair_weight
+    (S,). Returns marginals (S, T, K) (0 at padded steps), transitions (K, K) = sum_s
+    pair_weight[s] * (expected transition counts of sequence s) (sequences of weight 0 add
+    exactly nothing), log_likelihood (S,)."""
+    num_steps = log_emission.shape[1]
+    valid = jnp.arange(num_steps)[:, None] < lengths[None, :]
+    emission, peak = _scaled_emissions(log_emission, valid)
+    transition = jnp.exp(log_transition)
+    alpha_0, scale_0 = _scaled_first(log_initial, emission[0])
+    ones = jnp.ones_like(alpha_0)
+
+    def step(carry, inputs):
+        alpha, beta = carry
+        emission_t, emission_u, valid_u = inputs
+        # Forward at t: past a sequence's end it runs on (p = 1) and is masked out below.
+        predicted = _times_transition(alpha, transition) * emission_t
+        scale = jnp.sum(predicted, axis=-1)
+        alpha = predicted / scale[:, None]
+        # Backward at u = T - t: beta_{u-1} from beta_u; 1 for u >= length.
+        message = _transition_times(emission_u * beta, transition)
+        beta = jnp.where(valid_u[:, None], message / jnp.sum(message, axis=-1)[:, None], 1.0)
+        return (alpha, beta), (alpha, scale, beta)
+
+    inputs = (emission[1:], emission[:0:-1], valid[:0:-1])
+    _, (alphas, scales, betas) = lax.scan(step, (alpha_0, ones), inputs)
+    alphas = jnp.concatenate([alpha_0[None], alphas])
+    scales = jnp.concatenate([scale_0[None], scales])
+    betas = jnp.concatenate([betas[::-1], ones[None]])
+    log_likelihood = jnp.sum(jnp.where(valid, jnp.log(scales) + peak, 0.0), axis=0)
+    products = alphas * betas
+    norm = jnp.sum(products, axis=-1)
+    marginals = jnp.where(valid[..., None], products / norm[..., None], 0.0)
+    counted = valid[1:] & (pair_weight > 0)[None, :]
+    step_weight = jnp.where(counted, pair_weight / (scales[1:] * norm[1:]), 0.0)
+    right = emission[1:] * betas[1:] * step_weight[..., None]
+    transitions = transition * jnp.einsum("tsi,tsj->ij", alphas[:-1], right)
+    return jnp.swapaxes(marginals, 0, 1), transitions, log_likelihood
+
+
+def _scaled_log_likelihood(log_initial, log_transition, log_emission, lengths):
+    """(S,) log p(x) of a batch by the scaled forward pass alone; arguments as above."""
+    num_steps = log_emission.shape[1]
+    valid = jnp.arange(num_steps)[:, None] < lengths[None, :]
+    emission, peak = _scaled_emissions(log_emission, valid)
+    transition = jnp.exp(log_transition)
+    alpha_0, scale_0 = _scaled_first(log_initial, emission[0])
+
+    def step(alpha, emission_t):
+        predicted = _times_transition(alpha, transition) * emission_t
+        scale = jnp.sum(predicted, axis=-1)
+        return predicted / scale[:, None], scale
+
+    _, scales = lax.scan(step, alpha_0, emission[1:])
+    scales = jnp.concatenate([scale_0[None], scales])
+    return jnp.sum(jnp.where(valid, jnp.log(scales) + peak, 0.0), axis=0)
+
+
 # --- public API ------------------------------------------------------------------------------
 
 
@@ -163,9 +271,11 @@ def forward_backward(
     Args:
       log_initial: (K,); log_transition: (K, K), row i = from state i; log_emission: (T, K).
       length: () int, 1 <= length <= T; steps t >= length are padding.
-      method: "sequential" (lax.scan, O(T K^2) work, depth T), "parallel"
+      method: "sequential" (log-space lax.scan, O(T K^2) work, depth T), "parallel"
         (lax.associative_scan over (K, K) log-matrices, O(T K^3) work and memory, depth
-        O(log T)), or "auto" (see AUTO_PARALLEL_MIN_LENGTH). Static.
+        O(log T)), or "auto": parallel on GPU/TPU from AUTO_PARALLEL_MIN_LENGTH steps,
+        else the scaled scan (probability space, forward and backward in one scan of
+        T - 1 steps; see the notes above `_scaled_forward_backward`). Static.
 
     Returns:
       Posterior(marginals (T, K), transitions (K, K), log_likelihood ()). Reverse-mode
@@ -176,6 +286,11 @@ def forward_backward(
     method = _resolve_method(method, num_steps)
     valid = _valid_steps(num_steps, length)
     log_emission = _masked_emission(log_emission, valid)
+    if method == "scaled":
+        marginals, transitions, log_likelihood = _scaled_forward_backward(
+            log_initial, log_transition, log_emission[None], jnp.asarray(length)[None], jnp.ones((1,), log_emission.dtype)
+        )
+        return Posterior(marginals[0], transitions, log_likelihood[0])
     if method == "sequential":
         alphas, alpha_last = _forward_sequential(log_initial, log_transition, log_emission, valid, True)
         log_likelihood = _logsumexp(alpha_last, axis=0)
@@ -200,6 +315,8 @@ def log_likelihood(
     """() log p(x_{0:length}) by the forward pass alone; arguments as in forward_backward."""
     num_steps = log_emission.shape[0]
     method = _resolve_method(method, num_steps)
+    if method == "scaled":
+        return _scaled_log_likelihood(log_initial, log_transition, log_emission[None], jnp.asarray(length)[None])[0]
     valid = _valid_steps(num_steps, length)
     log_emission = _masked_emission(log_emission, valid)
     if method == "sequential":
@@ -208,6 +325,47 @@ def log_likelihood(
         matrices = _step_matrices(log_initial, log_transition, log_emission, valid)
         alpha_last = _forward_parallel(matrices)[-1]
     return _logsumexp(alpha_last, axis=0)
+
+
+def batch_posterior(
+    log_initial: jax.Array,
+    log_transition: jax.Array,
+    log_emission: jax.Array,
+    lengths: jax.Array,
+    pair_weight: jax.Array,
+    method: str = "sequential",
+) -> Posterior:
+    """forward_backward on a batch of sequences with the transitions summed over them.
+
+    Args:
+      log_emission: (S, T, K); lengths: (S,); pair_weight: (S,) weights of the sequences'
+        expected transition counts (a sequence of weight <= 0 adds exactly nothing); the
+        rest as in forward_backward.
+
+    Returns:
+      Posterior(marginals (S, T, K), transitions (K, K) = sum_s pair_weight[s] *
+      transitions_s, log_likelihood (S,)). The scaled kernel runs the batch as one scan
+      and the sum as one GEMM; the other methods vmap forward_backward.
+    """
+    method = _resolve_method(method, log_emission.shape[1])
+    if method == "scaled":
+        return Posterior(*_scaled_forward_backward(log_initial, log_transition, log_emission, lengths, pair_weight))
+    run = lambda e, n: forward_backward(log_initial, log_transition, e, n, method)
+    post = jax.vmap(run)(log_emission, lengths)
+    used = pair_weight > 0
+    weight = jnp.where(used, pair_weight, 0.0)[:, None, None]
+    transitions = jnp.sum(jnp.where(used[:, None, None], post.transitions, 0.0) * weight, axis=0)
+    return post._replace(transitions=transitions)
+
+
+def batch_log_likelihood(
+    log_initial: jax.Array, log_transition: jax.Array, log_emission: jax.Array, lengths: jax.Array, method: str = "sequential"
+) -> jax.Array:
+    """(S,) log p(x_s) of a batch, log_emission (S, T, K); arguments as in batch_posterior."""
+    method = _resolve_method(method, log_emission.shape[1])
+    if method == "scaled":
+        return _scaled_log_likelihood(log_initial, log_transition, log_emission, lengths)
+    return jax.vmap(lambda e, n: log_likelihood(log_initial, log_transition, e, n, method))(log_emission, lengths)
 
 
 def viterbi(

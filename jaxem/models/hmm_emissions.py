@@ -40,6 +40,16 @@ def _inverse_cholesky(cov: jax.Array) -> jax.Array:
     return jnp.swapaxes(inverse_cholesky_transposed(cov), -1, -2)
 
 
+def _row_centre(X: jax.Array) -> jax.Array:
+    """(D,) the mean of the rows, the origin of the Gaussian GEMMs (float32 accuracy needs
+    rows near it). It depends on the data alone, not on the params, so under a vmap over
+    restarts the centred rows and their products stay unbatched and each GEMM is one
+    GEMM with the restarts side by side (centring on the params' means made them batched
+    GEMMs, which XLA:CPU ran ~10x slower per restart). Any origin gives the same values
+    in exact arithmetic, so its gradient is stopped."""
+    return jax.lax.stop_gradient(jnp.mean(X, axis=0))
+
+
 # --- Gaussian -------------------------------------------------------------------------------------
 class GaussianHMMParams(NamedTuple):
     """initial (K,), transition (K, K) (row i: from state i), means (K, D), covariances in
@@ -173,27 +183,37 @@ class GaussianHMM(HMMModel):
         k, d = params.means.shape
         constant = d * math.log(2.0 * math.pi)
         if self._matrix:
-            # z_k = L_k^-1 (x - mu_k), from one GEMM of rows centred on the mean of the means.
-            centre = jnp.mean(params.means, axis=0)
-            weights = jnp.transpose(factors, (2, 0, 1)).reshape(d, k * d)
-            offsets = jnp.einsum("kij,kj->ki", factors, params.means - centre)
-            z = ((X - centre) @ weights).reshape(-1, k, d) - offsets
+            # (y - m_k)^T P_k (y - m_k) with y = x - g, m_k = mu_k - g (g the rows' mean) as one
+            # GEMM of the features [y_i y_j (i <= j), y] (n, D(D+3)/2) by per-state
+            # coefficients: under a vmap over restarts the features are shared and the
+            # restarts' coefficients sit side by side in one GEMM (the former (n, K, D)
+            # products L_k^-1 y were a batched GEMM and K D values per row, ~8x slower there).
+            centre = _row_centre(X)
+            y = X - centre
+            offsets = params.means - centre
+            precision = jnp.swapaxes(factors, -1, -2) @ factors
+            first, second = np.triu_indices(d)
+            doubled = jnp.asarray(np.where(first == second, 1.0, 2.0), precision.dtype)
+            features = jnp.concatenate([y[:, first] * y[:, second], y], axis=1)
+            linear = jnp.einsum("kij,kj->ki", precision, offsets)
+            coefficients = jnp.concatenate([precision[:, first, second] * doubled, -2.0 * linear], axis=1)
             log_det = -2.0 * jnp.sum(jnp.log(jnp.diagonal(factors, axis1=-2, axis2=-1)), axis=-1)
-            return -0.5 * (constant + log_det + jnp.sum(z * z, axis=-1))
+            bias = constant + log_det + jnp.sum(offsets * linear, axis=-1)
+            return -0.5 * (features @ coefficients.T + bias)
         variances = factors
         y = X[:, None, :] - params.means
         return -0.5 * (constant + jnp.sum(jnp.log(variances), axis=-1) + jnp.sum(y * y / variances, axis=-1))
 
     # --- statistics and M-step ------------------------------------------------------------------
     def emission_statistics(self, params, X, gamma) -> GaussianHMMStats:
-        """Moments about the E-step's means c_k, from GEMMs over rows centred on the mean
-        g of the means: with y = x - g and d_k = c_k - g, sum gamma (y - d)(y - d)^T =
+        """Moments about the E-step's means c_k, from GEMMs over rows centred on their
+        mean g: with y = x - g and d_k = c_k - g, sum gamma (y - d)(y - d)^T =
         M - f d^T - d f^T + n d d^T, f = gamma^T y, M = gamma^T (y y^T) (a batched einsum
         over states ran ~5x slower on CPU). With missing values, the expected moments
         given each step's observed entries."""
         if self.missing_width:
             return self._expected_statistics(params, X, gamma)
-        centre = jnp.mean(params.means, axis=0)
+        centre = _row_centre(X)
         y = X - centre
         offsets = params.means - centre
         counts = jnp.sum(gamma, axis=0)

@@ -195,7 +195,7 @@ def run_squarem(
         finite = jnp.isfinite(em_value) & all_finite(twice_mapped)
         n_iter = state.n_iter + 1
         done = is_done(config.criterion, new_value, state.value, new_params, state.params, tol)
-        progress.report(config, n_iter, new_value, state.value)
+        progress.report(config, n_iter, new_value, state.value, state.status == Status.RUNNING)
         keep = lambda new, old: tree_where(finite, new, old)
         return SquaremState(
             params=keep(new_params, state.params),

@@ -96,8 +96,11 @@ def fit(
         diff="implicit" (the default) only: diff=None keeps a lockstep loop so that
         forward mode (vmap of jvp) works, and accelerate runs in lockstep.
       progress: None (default, silent), True (jaxem.progress.PRINTER: a line to stderr at
-        most once a second), or a callable (n_iter, objective, change) called on the host
-        after every iteration of every restart (EM steps and SQUAREM cycles). The callable
+        most once a second, of the best restart), or a callable (n_iter, objective, change)
+        called on the host with NumPy scalars after every iteration of every restart still
+        running (EM steps and SQUAREM cycles), in restart order; the restarts of an
+        iteration make one host call together. A callable with `batched = True` is called
+        once per iteration with 1-D arrays over the running restarts instead. The callable
         is part of the compiled program's key: pass the same one to reuse it.
       resume: a FitResult of a plain-EM fit of this model on the same data (or one
         loaded with jaxem.load) to continue: every restart carries on from its params,

@@ -264,7 +264,7 @@ def em_iteration(state: EMState, em_data: EMData, config: FitConfig) -> EMState:
     finite = jnp.isfinite(value) & all_finite(new_params)
     done = is_done(config.criterion, value, state.objective, new_params, state.params, tol)
     n_iter = state.n_iter + 1
-    progress.report(config, n_iter, value, state.objective)
+    progress.report(config, n_iter, value, state.objective, is_running(state))
     keep = lambda new, old: tree_where(finite, new, old)
     return EMState(
         params=keep(new_params, state.params),

@@ -40,6 +40,33 @@ def test_callback_reports_every_iteration_of_every_restart(accelerate):
             assert reported.size and error.min() <= 4e-16 * abs(trace[n]), (n, reported, trace[n] - trace[n - 1])
 
 
+def test_restarts_of_an_iteration_make_one_host_call_and_stopped_runs_are_not_reported():
+    # A `batched` callable sees the host calls themselves: one per iteration, with arrays
+    # over the restarts still running. Restarts that stop early (tol > 0) are stepped on,
+    # discarded, by the vmapped loop (and by diff="unroll"'s scan up to max_iter); those
+    # steps are not reported, so each restart reports exactly its own n_iter iterations.
+    for diff in ("implicit", "unroll"):
+        batches, calls = [], []
+
+        def record(n_iter, value, change):
+            batches.append((np.array(n_iter), np.array(value)))
+
+        record.batched = True
+        options = dict(key=jax.random.key(0), n_restarts=3, max_iter=50, tol=1e-6, diff=diff)
+        result = jaxem.fit(jaxem.GaussianMixture(2), data(), progress=record, **options)
+        n_iter = np.asarray(result.restarts.n_iter)
+        assert len(set(n_iter)) > 1 and n_iter.max() < 50  # the restarts stop at different iterations
+        assert len(batches) == n_iter.max()
+        assert [len(n) for n, _ in batches] == [int(np.sum(n_iter >= i)) for i in range(1, n_iter.max() + 1)]
+        for i, (n, values) in enumerate(batches, start=1):
+            assert (n == i).all()
+            np.testing.assert_array_equal(values, np.asarray(result.restarts.trace)[n_iter >= i, i - 1])
+        # A callable for scalars gets the same reports one run at a time, in restart order.
+        scalars = lambda n_iter, value, change: calls.append((int(n_iter), float(value)))  # noqa: E731
+        jaxem.fit(jaxem.GaussianMixture(2), data(), progress=scalars, **options)
+        assert calls == [(int(n[j]), float(values[j])) for n, values in batches for j in range(len(n))]
+
+
 def test_printer_prints_to_its_stream_at_most_once_per_interval():
     lines = []
 
@@ -56,10 +83,17 @@ def test_printer_prints_to_its_stream_at_most_once_per_interval():
     for n in range(1, 5):
         printer(n, -1.0, 0.0)
     assert "".join(lines).count("iter") == 4
+    # Called with the runs of an iteration (batched), it prints the best finite one.
+    lines.clear()
+    printer(np.array([7, 7, 7]), np.array([-2.0, np.nan, -1.5]), np.array([1e-3, np.nan, 2e-3]))
+    assert "".join(lines) == "iter      7  objective -1.5  change  0.002  (best of 3 running)\n"
 
 
 def test_progress_true_prints_and_bad_progress_raises(capfd):
     jaxem.fit(jaxem.GaussianMixture(2), data(), key=jax.random.key(0), max_iter=3, tol=0.0, progress=True)
     assert "iter      1  objective" in capfd.readouterr().err
+    jaxem.fit(jaxem.GaussianMixture(2), data(), key=jax.random.key(0), n_restarts=2, max_iter=3, tol=0.0, progress=True)
+    err = capfd.readouterr().err
+    assert err.count("iter      1  objective") == 1 and "(best of 2 running)" in err
     with pytest.raises(ValueError, match="progress"):
         jaxem.fit(jaxem.GaussianMixture(2), data(), key=jax.random.key(0), progress="yes")

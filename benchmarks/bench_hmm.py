@@ -12,8 +12,10 @@ does the same work. Reported:
     hmmlearn's; it is counted against jaxem. Compile time is reported separately.
   * 16 restarts (kmeans++ starts) as one vmapped jaxem program against 1 restart.
   * the E-step (forward-backward on every sequence plus the statistics) as the sequence
-    length T doubles from 250 to 4000, with method="sequential" (lax.scan) and
-    method="parallel" (associative scan, O(T K^3) work), float32.
+    length T doubles from 250 to 4000, with method="auto" (on CPU the scaled scan:
+    probability space, forward and backward in one lax.scan), method="sequential"
+    (log-space lax.scan) and method="parallel" (log-space associative scan, O(T K^3)
+    work), float32, the three alternating per repeat.
   * dynamax (optional, not a jaxem dependency): GaussianHMM.fit_em from the same start,
     float32, in a separate process of another Python environment that has dynamax and
     jaxem's dependencies (--dynamax-python), measured after the others. Its default
@@ -206,21 +208,32 @@ def measure_restarts(cfg: dict) -> dict:
 
 
 def measure_lengths(cfg: dict) -> list[dict]:
-    """E-step time (jit of model.e_step) against T, sequential vs parallel, float32."""
+    """E-step time (jit of model.e_step) against T, scaled (auto) vs log-space sequential vs
+    parallel, float32, the methods alternating within each repeat."""
     table = []
+    methods = {"scaled": "auto", "sequential": "sequential", "parallel": "parallel"}
     for length in cfg["lengths"]:
         X, start = problem(cfg["k"], cfg["d"], cfg["n_sequences"], length, seed=1)
         row = dict(length=length, n_sequences=cfg["n_sequences"])
-        for method in ("sequential", "parallel"):
+        runs = {}
+        for name, method in methods.items():
             model = jaxem.GaussianHMM(cfg["k"], covariance_type="full", method=method)
             data = model.as_data((X.astype("float32"), None))
             params = model.start_params({n: v.astype("float32") for n, v in start.items()}, data)
             w = jnp.ones(cfg["n_sequences"], jnp.float32)
             e_step = jax.jit(model.e_step)
-            jax.block_until_ready(e_step(params, data, w))
-            times = [seconds(lambda: jax.block_until_ready(e_step(params, data, w))) for _ in range(cfg["estep_repeats"])]
-            row[f"{method}_ms"] = 1e3 * float(np.median(times))
+            runs[name] = lambda e_step=e_step, params=params, data=data, w=w: jax.block_until_ready(e_step(params, data, w))
+            runs[name]()
+        times = {name: [] for name in runs}
+        for _ in range(cfg["estep_repeats"]):
+            for name, run in runs.items():
+                times[name].append(seconds(run))
+        for name in runs:
+            row[f"{name}_ms"] = 1e3 * float(np.median(times[name]))
+            row[f"{name}_range_ms"] = [1e3 * min(times[name]), 1e3 * max(times[name])]
         row["parallel_over_sequential"] = row["parallel_ms"] / row["sequential_ms"]
+        row["sequential_over_scaled"] = row["sequential_ms"] / row["scaled_ms"]
+        row["parallel_over_scaled"] = row["parallel_ms"] / row["scaled_ms"]
         table.append(row)
     return table
 
@@ -243,11 +256,14 @@ def markdown(report: dict) -> str:
         f"{cfg['restarts']} restarts in one program: {restarts['time_ratio']:.2f}x the time of 1 restart "
         f"(throughput per restart {restarts['per_restart_speedup']:.2f}x that of separate runs), float32",
         "",
-        "| T | sequential ms / E-step | parallel ms / E-step | parallel / sequential |",
-        "|---|---|---|---|",
+        "| T | scaled (auto) ms / E-step | log-space sequential ms | parallel ms | sequential / scaled | parallel / scaled |",
+        "|---|---|---|---|---|---|",
     ]
     for row in report["lengths"]:
-        lines.append(f"| {row['length']} | {row['sequential_ms']:.1f} | {row['parallel_ms']:.1f} | {row['parallel_over_sequential']:.2f} |")
+        lines.append(
+            f"| {row['length']} | {row['scaled_ms']:.1f} | {row['sequential_ms']:.1f} | {row['parallel_ms']:.1f} "
+            f"| {row['sequential_over_scaled']:.1f}x | {row['parallel_over_scaled']:.1f}x |"
+        )
     if "dynamax float32" not in report["libraries"]:
         lines += ["", "dynamax: not measured (pass --dynamax-python)."]
     else:

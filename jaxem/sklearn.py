@@ -7,7 +7,8 @@
 `GaussianMixture` takes scikit-learn's constructor parameters and gives its fitted
 attributes and methods, in the same names and shapes; `fit` also takes `sample_weight`.
 The other built-in families (`PoissonMixture`, `BernoulliMixture`, `CategoricalMixture`,
-`StudentTMixture`, `MixtureOfRegressions`) follow the same conventions, with fitted
+`StudentTMixture`, `MixtureOfRegressions`, and `MixtureOfFactorAnalyzers`, defined in
+`jaxem.sklearn_latent`) follow the same conventions, with fitted
 attributes named after the fields of jaxem's params plus a trailing underscore
 (`weights_`, `rates_`, ...) and starting values `<field>_init` (`rates_init`, ...).
 scikit-learn is an optional dependency of jaxem, needed only by this module.
@@ -97,6 +98,7 @@ __all__ = [
     "FactorAnalysis",
     "GaussianHMM",
     "GaussianMixture",
+    "MixtureOfFactorAnalyzers",
     "MixtureOfRegressions",
     "PPCA",
     "PoissonHMM",
@@ -309,6 +311,10 @@ class _BaseMixture(DensityMixin, BaseEstimator):
     def _check_start(self, start):
         """Raise ValueError when drawn starting params cannot start a fit."""
 
+    def _fit_options(self):
+        """Further keyword arguments of every `jaxem.fit` call (accelerate, ...)."""
+        return {}
+
     def _non_finite_message(self):
         return f"Fitting the mixture model failed: {jaxem.status_message(jaxem.Status.NON_FINITE)}."
 
@@ -397,7 +403,7 @@ class _BaseMixture(DensityMixin, BaseEstimator):
         def fit_runs(init, n_restarts=1, max_iter=int(self.max_iter), key=jax.random.key(0)):
             result = jaxem.fit(
                 model, data[0], key=key, n_restarts=n_restarts, max_iter=max_iter, tol=float(self.tol),
-                init=init, sample_weight=data[1],
+                init=init, sample_weight=data[1], **self._fit_options(),
             )
             return _runs(result, self._fields)
 
@@ -942,10 +948,11 @@ class MixtureOfRegressions(_OtherMixture):
 
 
 
-# The continuous-latent (FactorAnalysis, PPCA) and sequence (GaussianHMM, CategoricalHMM,
-# PoissonHMM, with hmmlearn's API) estimators live in jaxem.sklearn_latent, which uses this
-# module's helpers; exported from here on first access (PEP 562).
-_LATENT = ("CategoricalHMM", "FactorAnalysis", "GaussianHMM", "PPCA", "PoissonHMM")
+# The continuous-latent (FactorAnalysis, PPCA, MixtureOfFactorAnalyzers) and sequence
+# (GaussianHMM, CategoricalHMM, PoissonHMM, with hmmlearn's API) estimators live in
+# jaxem.sklearn_latent, which uses this module's helpers; exported from here on first
+# access (PEP 562).
+_LATENT = ("CategoricalHMM", "FactorAnalysis", "GaussianHMM", "MixtureOfFactorAnalyzers", "PPCA", "PoissonHMM")
 
 
 def __getattr__(name):

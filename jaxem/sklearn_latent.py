@@ -2,9 +2,11 @@
 
 Exported from `jaxem.sklearn` (import them from there):
 
-    from jaxem.sklearn import FactorAnalysis, PPCA, GaussianHMM
+    from jaxem.sklearn import FactorAnalysis, PPCA, MixtureOfFactorAnalyzers, GaussianHMM
     fa = FactorAnalysis(2, random_state=0).fit(X)          # sklearn.decomposition.FactorAnalysis
     fa.components_, fa.noise_variance_, fa.transform(X), fa.score(X)
+    mfa = MixtureOfFactorAnalyzers(3, n_factors=2, random_state=0).fit(X)   # GaussianMixture-like
+    mfa.components_, mfa.covariances_, mfa.predict(X), mfa.bic(X)
     hmm = GaussianHMM(3, covariance_type="full", n_iter=100).fit(X, lengths)   # hmmlearn.hmm
     hmm.predict(X, lengths), hmm.score(X, lengths), hmm.sample(200)
 
@@ -13,7 +15,10 @@ and every transform, density, decoding and draw a method of the jaxem model
 (`jaxem.FactorAnalysis`, `jaxem.PPCA`, `jaxem.GaussianHMM`, `jaxem.CategoricalHMM`,
 `jaxem.PoissonHMM`) on the fitted params. They choose the starts, pass the options on and
 translate the result into scikit-learn's (FactorAnalysis, PPCA) or hmmlearn's (the HMMs)
-names, shapes and conventions:
+names, shapes and conventions. `MixtureOfFactorAnalyzers` (`jaxem.MixtureOfFactorAnalyzers`)
+is a mixture and uses `jaxem.sklearn`'s mixture estimator code (its fit, restarts, starts,
+warm_start and `tol` on the mean per-sample log-likelihood, as `GaussianMixture`); what
+follows is about the others:
 
 * `tol` is on the change of the TOTAL log-likelihood between iterations, as in
   scikit-learn's FactorAnalysis and in hmmlearn; jaxem's criterion is the mean per unit
@@ -48,9 +53,9 @@ import jax
 import jax.numpy as jnp
 
 import jaxem
-from jaxem.sklearn import _bucket, _pad_rows, _validate_data
+from jaxem.sklearn import _ARRAY, _COMMON_PARAMETERS, _NON_NEGATIVE, _OtherMixture, _bucket, _pad_rows, _validate_data
 
-__all__ = ["CategoricalHMM", "FactorAnalysis", "GaussianHMM", "PPCA", "PoissonHMM"]
+__all__ = ["CategoricalHMM", "FactorAnalysis", "GaussianHMM", "MixtureOfFactorAnalyzers", "PPCA", "PoissonHMM"]
 
 _ACCELERATE = [StrOptions({"squarem", "quasi_newton"}), None]
 
@@ -347,6 +352,98 @@ class PPCA(_FactorEstimator):
         scale = np.sqrt(np.maximum(self.explained_variance_ - self.noise_variance_, 0.0))
         loadings = (self.components_ * scale[:, None]).T
         return jaxem.PPCAParams(jnp.asarray(self.mean_), jnp.asarray(loadings), jnp.asarray(self.noise_variance_, dtype))
+
+
+# --- mixture of factor analyzers ------------------------------------------------------------------
+class MixtureOfFactorAnalyzers(_OtherMixture):
+    """Mixture of factor analyzers (`jaxem.MixtureOfFactorAnalyzers`, Ghahramani & Hinton
+    1996), with scikit-learn's GaussianMixture interface: component k is
+    x = means_[k] + components_[k]^T z + e, z ~ N(0, I_q), e ~ N(0, Psi), so a Gaussian
+    mixture with covariances W_k W_k^T + Psi, K D q + D parameters in place of K D (D + 1) / 2.
+
+    Parameters
+    ----------
+    n_components : int, default=1
+        Number of components K.
+    n_factors : int, default=1
+        Latent dimension q of every component (1 <= q <= n_features).
+    noise_type : {"shared", "per_component"}, default="shared"
+        One diagonal Psi for all components (Ghahramani & Hinton) or one per component.
+    min_noise : float, default=1e-6
+        Floor on every fitted noise variance.
+    accelerate : {None, "squarem", "quasi_newton"}, default=None
+        jaxem's accelerators, passed on to `jaxem.fit`.
+    weights_init (K,), means_init (K, D), loadings_init (K, D, q), noise_variances_init
+        ((D,) shared, (K, D) per component): starting values in jaxem's shapes (loadings
+        are the transpose of components_); the others are drawn (`init_params`).
+
+    Attributes
+    ----------
+    weights_ : (K,)
+    means_ : (K, D)
+    components_ : (K, q, D), each component's loadings W_k^T in the orientation of
+        scikit-learn's FactorAnalysis.components_ (W_k^T Psi^-1 W_k diagonal and
+        decreasing; the sign of each factor is arbitrary).
+    loadings_ : (K, D, q), jaxem's loadings, components_ transposed (the fitted param;
+        components_ is derived from it).
+    noise_variances_ : (D,) shared or (K, D) per component, jaxem's field; `noise_variance_`
+        is the same array under scikit-learn's FactorAnalysis name.
+    covariances_ : (K, D, D), the implied component covariances W_k W_k^T + Psi_k.
+
+    Differences from scikit-learn's mixtures: no `reg_covar` (the noise floor `min_noise`
+    keeps every covariance positive definite); `init_params` "kmeans" gives the starting
+    responsibilities from scikit-learn's KMeans, then jaxem's start (random loadings).
+    """
+
+    __doc__ += _COMMON_PARAMETERS
+    _model_class = jaxem.MixtureOfFactorAnalyzers
+    _params_class = jaxem.MixtureOfFactorAnalyzersParams
+    _parameter_constraints: dict = {
+        **_OtherMixture._parameter_constraints,
+        "n_factors": [Interval(numbers.Integral, 1, None, closed="left")],
+        "noise_type": [StrOptions({"shared", "per_component"})],
+        "min_noise": _NON_NEGATIVE,
+        "accelerate": _ACCELERATE,
+        "means_init": _ARRAY,
+        "loadings_init": _ARRAY,
+        "noise_variances_init": _ARRAY,
+    }
+
+    def __init__(self, n_components=1, n_factors=1, *, noise_type="shared", min_noise=1e-6, tol=1e-3,
+                 max_iter=100, n_init=1, init_params="k-means++", weights_init=None, means_init=None,
+                 loadings_init=None, noise_variances_init=None, random_state=None, warm_start=False,
+                 accelerate=None, verbose=0, verbose_interval=10):
+        self._set_common(n_components, tol, max_iter, n_init, init_params, weights_init, random_state,
+                         warm_start, verbose, verbose_interval)
+        self.n_factors = n_factors
+        self.noise_type = noise_type
+        self.min_noise = min_noise
+        self.means_init = means_init
+        self.loadings_init = loadings_init
+        self.noise_variances_init = noise_variances_init
+        self.accelerate = accelerate
+
+    def _model_kwargs(self, X=None):
+        return {"n_factors": int(self.n_factors), "noise_type": self.noise_type, "min_noise": float(self.min_noise)}
+
+    def _fit_options(self):
+        return {"accelerate": self.accelerate}
+
+    def _check_fit_data(self, X):
+        if self.n_factors > X.shape[1]:
+            raise ValueError(f"n_factors={self.n_factors} must be <= n_features={X.shape[1]}.")
+
+    def _start_shapes(self, X):
+        k, d, q = int(self.n_components), X.shape[1], int(self.n_factors)
+        noise = (d,) if self.noise_type == "shared" else (k, d)
+        return {"weights": (k,), "means": (k, d), "loadings": (k, d, q), "noise_variances": noise}
+
+    def _set_fitted_params(self, params, model):
+        super()._set_fitted_params(params, model)
+        self.components_ = np.ascontiguousarray(np.swapaxes(self.loadings_, 1, 2))
+        self.noise_variance_ = self.noise_variances_
+        fitted = self._params_class(*(jnp.asarray(params[field]) for field in self._fields))
+        self.covariances_ = np.array(model.covariances(fitted))
 
 
 # --- hidden Markov models ------------------------------------------------------------------------

@@ -155,6 +155,15 @@ def _pad_rows(X, n_rows):
     return np.concatenate([X, np.repeat(X[:1], n_rows - X.shape[0], axis=0)])
 
 
+def _padded_rows_and_weights(X, sample_weight):
+    """X padded to `_bucket` rows (copies of its first row) and the validated sample weights
+    (ones when None) padded with zeros, so that fits of nearby sizes share compiled programs."""
+    n_samples = X.shape[0]
+    weights = np.ones(n_samples, X.dtype) if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=X.dtype)
+    n_rows = _bucket(n_samples)
+    return _pad_rows(X, n_rows), np.concatenate([weights, np.zeros(n_rows - n_samples, X.dtype)])
+
+
 @jax.jit
 def _evaluate(model, params, X):
     return model.predict(params, X), model.predict_proba(params, X), model.score_samples(params, X)
@@ -370,11 +379,7 @@ class _BaseMixture(DensityMixin, BaseEstimator):
                 f"but got n_components = {self.n_components}, n_samples = {n_samples}"
             )
         self._check_fit_data(X)
-        if sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
-        weights = np.ones(n_samples, X.dtype) if sample_weight is None else sample_weight
-        n_rows = _bucket(n_samples)
-        data = (_pad_rows(X, n_rows), np.concatenate([weights, np.zeros(n_rows - n_samples, X.dtype)]))
+        data = _padded_rows_and_weights(X, sample_weight)
         model = self._make_model(X)
         user = self._user_start(X)
         warm = bool(self.warm_start) and hasattr(self, "converged_")

@@ -47,13 +47,13 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_array, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted
+from sklearn.utils.validation import check_is_fitted
 
 import jax
 import jax.numpy as jnp
 
 import jaxem
-from jaxem.sklearn import _ARRAY, _COMMON_PARAMETERS, _NON_NEGATIVE, _OtherMixture, _bucket, _pad_rows, _validate_data
+from jaxem.sklearn import _ARRAY, _COMMON_PARAMETERS, _NON_NEGATIVE, _OtherMixture, _bucket, _pad_rows, _padded_rows_and_weights, _validate_data
 
 __all__ = ["CategoricalHMM", "FactorAnalysis", "GaussianHMM", "MixtureOfFactorAnalyzers", "PPCA", "PoissonHMM"]
 
@@ -128,16 +128,10 @@ class _FactorEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         n_latent = self._n_latent(n_features)
         self._check_n_latent(n_latent, n_features)
         self.n_components_ = n_latent
-        weights = np.ones(n_samples, X.dtype)
-        if sample_weight is not None:
-            weights = _check_sample_weight(sample_weight, X, dtype=X.dtype)
+        data, weights = _padded_rows_and_weights(X, sample_weight)
         total = float(np.sum(weights))
         if not total > 0:
             raise ValueError("sample_weight must have a positive sum.")
-        # Rows padded (weight 0) to a few sizes that share compiled programs (jaxem.sklearn._bucket).
-        n_rows = _bucket(n_samples)
-        data = _pad_rows(X, n_rows)
-        weights = np.concatenate([weights, np.zeros(n_rows - n_samples, X.dtype)])
         model = self._make_model()
         key = _key(self.random_state)
         options = dict(max_iter=int(self.max_iter), tol=float(self.tol) / total, sample_weight=weights,

@@ -186,6 +186,16 @@ def _params_from_resp(model, X, resp):
     return model.params_from_resp(X, resp)
 
 
+def _random_key(random_state, rng=None):
+    """The jax.random key for a scikit-learn random_state (None, an int or a RandomState):
+    an int is the key's seed; otherwise a seed is drawn from `rng`
+    (check_random_state(random_state) when None)."""
+    if isinstance(random_state, numbers.Integral):
+        return jax.random.key(int(random_state))
+    rng = check_random_state(random_state) if rng is None else rng
+    return jax.random.key(int(rng.randint(np.iinfo(np.int32).max)))
+
+
 @functools.partial(jax.jit, static_argnames=("method",))
 def _init_params(model, key, X, sample_weight, method):
     return model.init_params(key, X, sample_weight, method, None)
@@ -336,11 +346,6 @@ class _BaseMixture(DensityMixin, BaseEstimator):
         extra = {"ensure_min_samples": 2} if reset else {}
         return self._prepare(_validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], **extra))
 
-    def _key(self, rng):
-        if isinstance(self.random_state, numbers.Integral):
-            return jax.random.key(int(self.random_state))
-        return jax.random.key(int(rng.randint(np.iinfo(np.int32).max)))
-
     def _kmeans_start(self, model, X, sample_weight, data, rng):
         """Starting params from scikit-learn's KMeans labels of X, by jaxem's M-step on the
         padded data (padding rows get zero responsibility)."""
@@ -393,7 +398,7 @@ class _BaseMixture(DensityMixin, BaseEstimator):
         elif self.init_params == "kmeans":
             starts = [{**self._kmeans_start(model, X, sample_weight, data, rng), **user} for _ in range(n_init)]
         elif user or self.max_iter == 0:
-            keys = jax.random.split(self._key(rng), n_init)
+            keys = jax.random.split(_random_key(self.random_state, rng), n_init)
             starts = [{**self._method_start(model, data, key), **user} for key in keys]
         else:
             starts = None  # drawn by jaxem.fit, vmapped
@@ -414,7 +419,7 @@ class _BaseMixture(DensityMixin, BaseEstimator):
 
         began = time.perf_counter()
         if starts is None:
-            runs = fit_runs(_JAXEM_INIT[self.init_params], n_restarts=n_init, key=self._key(rng))
+            runs = fit_runs(_JAXEM_INIT[self.init_params], n_restarts=n_init, key=_random_key(self.random_state, rng))
         else:
             runs = [run for start in starts for run in fit_runs(start)]
         elapsed = time.perf_counter() - began
@@ -522,7 +527,7 @@ class _BaseMixture(DensityMixin, BaseEstimator):
         return int(model.n_parameters(self.n_features_in_))
 
     def _sample_key(self):
-        return jax.random.fold_in(self._key(check_random_state(self.random_state)), 1)
+        return jax.random.fold_in(_random_key(self.random_state), 1)
 
     def sample(self, n_samples=1):
         """Draw from the fitted model.

@@ -45,7 +45,7 @@ import warnings
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_array, check_random_state
+from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
@@ -53,29 +53,28 @@ import jax
 import jax.numpy as jnp
 
 import jaxem
-from jaxem.sklearn import _ARRAY, _COMMON_PARAMETERS, _NON_NEGATIVE, _OtherMixture, _bucket, _pad_rows, _padded_rows_and_weights, _validate_data
+from jaxem.config import ACCELERATIONS
+from jaxem.sklearn import (
+    _ARRAY,
+    _COMMON_PARAMETERS,
+    _NON_NEGATIVE,
+    _OtherMixture,
+    _bucket,
+    _init_params,
+    _pad_rows,
+    _padded_rows_and_weights,
+    _random_key,
+    _validate_data,
+)
 
 __all__ = ["CategoricalHMM", "FactorAnalysis", "GaussianHMM", "MixtureOfFactorAnalyzers", "PPCA", "PoissonHMM"]
 
-_ACCELERATE = [StrOptions({"squarem", "quasi_newton"}), None]
-
-
-def _key(random_state):
-    """The jax.random key for a scikit-learn random_state (None, an int or a RandomState)."""
-    if isinstance(random_state, numbers.Integral):
-        return jax.random.key(int(random_state))
-    rng = check_random_state(random_state)
-    return jax.random.key(int(rng.randint(np.iinfo(np.int32).max)))
+_ACCELERATE = [StrOptions({name for name in ACCELERATIONS if name is not None}), None]
 
 
 @jax.jit
 def _transform_and_density(model, params, X):
     return model.transform(params, X), model.score_samples(params, X)
-
-
-def _init_params(model, key, data, sample_weight):
-    """The start jaxem.fit draws with this key (every jaxem model's init_params)."""
-    return jax.jit(model.init_params, static_argnums=(3, 4))(key, data, sample_weight, "kmeans++", None)
 
 
 # --- factor analysis and PPCA -------------------------------------------------------------------
@@ -133,7 +132,7 @@ class _FactorEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         if not total > 0:
             raise ValueError("sample_weight must have a positive sum.")
         model = self._make_model()
-        key = _key(self.random_state)
+        key = _random_key(self.random_state)
         options = dict(max_iter=int(self.max_iter), tol=float(self.tol) / total, sample_weight=weights,
                        accelerate=self.accelerate)
         noise = self._user_noise(n_features, X.dtype)
@@ -142,7 +141,7 @@ class _FactorEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         else:
             runs = []
             for run_key in jax.random.split(key, int(self.n_init)):
-                start = _init_params(model, run_key, jnp.asarray(data), jnp.asarray(weights))._asdict()
+                start = _init_params(model, run_key, jnp.asarray(data), jnp.asarray(weights), "kmeans++")._asdict()
                 start[self._noise_field] = noise
                 runs.append(jaxem.fit(model, data, key=run_key, init=start, **options))
             finite = [run for run in runs if run.status != jaxem.Status.NON_FINITE] or runs
@@ -561,7 +560,7 @@ class _BaseHMM(BaseEstimator):
         model = self._make_model(X, fixed)
         data = model.as_data((X, lengths))
         n_sequences = int(data.lengths.shape[0])
-        key = _key(self.random_state)
+        key = _random_key(self.random_state)
         n_init = int(self.n_init)
         options = dict(max_iter=int(self.n_iter), tol=float(self.tol) / n_sequences)
         if not user:
@@ -572,7 +571,7 @@ class _BaseHMM(BaseEstimator):
             for run_key in keys:
                 start = dict(user)
                 if len(user) < len(self._letters):
-                    drawn = _init_params(model, run_key, data, jnp.ones(n_sequences, data.observations.dtype))
+                    drawn = _init_params(model, run_key, data, jnp.ones(n_sequences, data.observations.dtype), "kmeans++")
                     start = {**drawn._asdict(), **user}
                 runs.append(jaxem.fit(model, data, key=run_key, init=start, **options))
             finite = [run for run in runs if run.status != jaxem.Status.NON_FINITE] or runs
@@ -666,7 +665,7 @@ class _BaseHMM(BaseEstimator):
             if not (isinstance(currstate, numbers.Integral) and 0 <= currstate < self.n_components):
                 raise ValueError(f"currstate must be a state in [0, {self.n_components}), got {currstate!r}.")
             params = params._replace(initial=jnp.zeros_like(params.initial).at[int(currstate)].set(1.0))
-        key = _key(self.random_state if random_state is None else random_state)
+        key = _random_key(self.random_state if random_state is None else random_state)
         X, states = self._make_model().sample(key, params, 1, int(n_samples))
         X = np.array(X[0])
         return (X.astype(np.int64) if self._integer_data else X), np.asarray(states[0]).astype(np.int64)

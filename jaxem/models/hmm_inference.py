@@ -198,25 +198,38 @@ def _scaled_first(log_initial: jax.Array, emission: jax.Array) -> tuple[jax.Arra
     return alpha / scale[:, None], scale
 
 
-def _scaled_forward_backward(log_initial, log_transition, log_emission, lengths, pair_weight):
-    """Scaled forward-backward on a batch: log_emission (S, T, K), lengths (S,), pair_weight
-    (S,). Returns marginals (S, T, K) (0 at padded steps), transitions (K, K) = sum_s
-    pair_weight[s] * (expected transition counts of sequence s) (sequences of weight 0 add
-    exactly nothing), log_likelihood (S,)."""
+def _scaled_start(log_initial, log_transition, log_emission, lengths):
+    """What both scaled passes start from: valid (T, S), time-major scaled emissions
+    (T, S, K) and their peaks (T, S), the transition matrix (K, K), and the normalised
+    first forward message (S, K) with its scale (S,). Arguments as _scaled_forward_backward."""
     num_steps = log_emission.shape[1]
     valid = jnp.arange(num_steps)[:, None] < lengths[None, :]
     emission, peak = _scaled_emissions(log_emission, valid)
     transition = jnp.exp(log_transition)
     alpha_0, scale_0 = _scaled_first(log_initial, emission[0])
+    return valid, emission, peak, transition, alpha_0, scale_0
+
+
+def _scaled_forward_step(alpha: jax.Array, emission_t: jax.Array, transition: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One normalised forward step: (alpha_t (S, K), its scale c_t (S,)) from alpha_{t-1}."""
+    predicted = _times_transition(alpha, transition) * emission_t
+    scale = jnp.sum(predicted, axis=-1)
+    return predicted / scale[:, None], scale
+
+
+def _scaled_forward_backward(log_initial, log_transition, log_emission, lengths, pair_weight):
+    """Scaled forward-backward on a batch: log_emission (S, T, K), lengths (S,), pair_weight
+    (S,). Returns marginals (S, T, K) (0 at padded steps), transitions (K, K) = sum_s
+    pair_weight[s] * (expected transition counts of sequence s) (sequences of weight 0 add
+    exactly nothing), log_likelihood (S,)."""
+    valid, emission, peak, transition, alpha_0, scale_0 = _scaled_start(log_initial, log_transition, log_emission, lengths)
     ones = jnp.ones_like(alpha_0)
 
     def step(carry, inputs):
         alpha, beta = carry
         emission_t, emission_u, valid_u = inputs
         # Forward at t: past a sequence's end it runs on (p = 1) and is masked out below.
-        predicted = _times_transition(alpha, transition) * emission_t
-        scale = jnp.sum(predicted, axis=-1)
-        alpha = predicted / scale[:, None]
+        alpha, scale = _scaled_forward_step(alpha, emission_t, transition)
         # Backward at u = T - t: beta_{u-1} from beta_u; 1 for u >= length.
         message = _transition_times(emission_u * beta, transition)
         beta = jnp.where(valid_u[:, None], message / jnp.sum(message, axis=-1)[:, None], 1.0)
@@ -240,18 +253,8 @@ def _scaled_forward_backward(log_initial, log_transition, log_emission, lengths,
 
 def _scaled_log_likelihood(log_initial, log_transition, log_emission, lengths):
     """(S,) log p(x) of a batch by the scaled forward pass alone; arguments as above."""
-    num_steps = log_emission.shape[1]
-    valid = jnp.arange(num_steps)[:, None] < lengths[None, :]
-    emission, peak = _scaled_emissions(log_emission, valid)
-    transition = jnp.exp(log_transition)
-    alpha_0, scale_0 = _scaled_first(log_initial, emission[0])
-
-    def step(alpha, emission_t):
-        predicted = _times_transition(alpha, transition) * emission_t
-        scale = jnp.sum(predicted, axis=-1)
-        return predicted / scale[:, None], scale
-
-    _, scales = lax.scan(step, alpha_0, emission[1:])
+    valid, emission, peak, transition, alpha_0, scale_0 = _scaled_start(log_initial, log_transition, log_emission, lengths)
+    _, scales = lax.scan(lambda alpha, emission_t: _scaled_forward_step(alpha, emission_t, transition), alpha_0, emission[1:])
     scales = jnp.concatenate([scale_0[None], scales])
     return jnp.sum(jnp.where(valid, jnp.log(scales) + peak, 0.0), axis=0)
 

@@ -106,9 +106,9 @@ class Selection(NamedTuple):
     n_components: (n_candidates,) the candidate K, ascending. bic, aic: (n_candidates,)
     criteria at each K's best restart (lower is better). log_likelihood: (n_candidates,)
     mean per-sample log-likelihood there. n_iter, converged: of each K's best restart.
-    best_n_components: the K the criterion picks. best: its FitResult (params and restarts
-    with K components, as `jaxem.fit(model_factory(K), ...)` returns). model:
-    model_factory(best_n_components).
+    fits: (n_candidates,) tuple, each K's FitResult (params and restarts with K components,
+    as `jaxem.fit(model_factory(K), ...)` returns). best_n_components: the K the criterion
+    picks. best: its FitResult. model: model_factory(best_n_components).
     """
 
     n_components: np.ndarray
@@ -117,6 +117,7 @@ class Selection(NamedTuple):
     log_likelihood: np.ndarray
     n_iter: np.ndarray
     converged: np.ndarray
+    fits: tuple[FitResult, ...]
     best_n_components: int
     best: FitResult
     model: Any
@@ -159,13 +160,23 @@ def select(
     weights = validation.as_sample_weight(sample_weight, units.n_units(data), units.float_dtype(data))
     masked = MaskedMixture(largest, jnp.asarray(candidates[-1]), component_leaves(model_factory, candidates[-1], data))
 
-    def fit_k(n_active):
-        model = dataclasses.replace(masked, n_active=n_active)
-        result = fit(model, data, key=key, n_restarts=n_restarts, sample_weight=weights, **fit_options)
-        _, total = parallel.e_step(model, result.params, data, weights)
-        return result, total
+    def fit_all(data, weights, key):
+        def fit_k(n_active):
+            model = dataclasses.replace(masked, n_active=n_active)
+            result = fit(model, data, key=key, n_restarts=n_restarts, sample_weight=weights, **fit_options)
+            _, total = parallel.e_step(model, result.params, data, weights)
+            return result, total
 
-    results, totals = jax.jit(jax.vmap(fit_k))(jnp.asarray(candidates))
+        results, totals = jax.vmap(fit_k)(jnp.asarray(candidates))
+        # Each K's own FitResult, cut inside the program: eager slicing would dispatch (and
+        # compile) one small program per leaf and candidate.
+        fits = tuple(
+            first_components(jax.tree.map(lambda leaf: leaf[i], results), masked.component_leaves, k)
+            for i, k in enumerate(candidates)
+        )
+        return fits, totals
+
+    fits, totals = jax.jit(fit_all)(data, weights, key)
     n, n_features = data.shape
     params_counts = np.array([model_factory(k).n_parameters(n_features) for k in candidates])
     totals = np.asarray(totals)
@@ -173,16 +184,16 @@ def select(
     aic = -2.0 * totals + 2.0 * params_counts
     chosen = int(np.argmin(bic if criterion == "bic" else aic))
     best_k = candidates[chosen]
-    best = jax.tree.map(lambda leaf: leaf[chosen], results)
     return Selection(
         n_components=np.asarray(candidates),
         bic=bic,
         aic=aic,
-        log_likelihood=np.asarray(results.log_likelihood),
-        n_iter=np.asarray(results.n_iter),
-        converged=np.asarray(results.converged),
+        log_likelihood=np.array([np.asarray(f.log_likelihood) for f in fits]),
+        n_iter=np.array([np.asarray(f.n_iter) for f in fits]),
+        converged=np.array([np.asarray(f.converged) for f in fits]),
+        fits=fits,
         best_n_components=best_k,
-        best=first_components(best, masked.component_leaves, best_k),
+        best=fits[chosen],
         model=model_factory(best_k),
     )
 

@@ -21,9 +21,11 @@ def assert_equals_separate_fits(selection, model_factory, X, **options):
         np.testing.assert_array_equal(selection.n_iter[i], separate.n_iter)
         np.testing.assert_allclose(selection.bic[i], model.bic(separate.params, X), rtol=1e-10)
         np.testing.assert_allclose(selection.aic[i], model.aic(separate.params, X), rtol=1e-10)
+        assert_trees_close(selection.fits[i].params, separate.params, rtol=1e-8, atol=1e-10)
+        assert_trees_close(selection.fits[i].restarts.params, separate.restarts.params, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(selection.fits[i].trace, separate.trace, rtol=1e-10)
         if k == selection.best_n_components:
-            assert_trees_close(selection.best.params, separate.params, rtol=1e-8, atol=1e-10)
-            assert_trees_close(selection.best.restarts.params, separate.restarts.params, rtol=1e-8, atol=1e-10)
+            assert selection.best is selection.fits[i]
 
 
 @pytest.mark.parametrize("covariance_type", ["full", "tied"])

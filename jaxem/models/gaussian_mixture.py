@@ -16,8 +16,9 @@ Numerics, matching scikit-learn's GaussianMixture update for update:
     components, moments = resp^T phi^T): with restarts batched in, the softmax vectorises
     over samples and no (n, R K) intermediate is transposed (faster on CPU than the
     sample-major layout; README "Performance"). A chunked
-    fit keeps only the centred rows [y, 1] (`CentredRows`) and each chunk's E-step expands
-    its own features, which costs less than reading them back from a stored array;
+    fit keeps only the rows (`ChunkedRows`) and each chunk's E-step centres and expands its
+    own features, which costs less than reading them back from a stored array and holds no
+    data-sized array besides the rows;
   * second moments are centred on the previous means c_k: the statistics are
     n_k = sum r, s_k = sum r (x - c_k), S_k = sum r (x - c_k)(x - c_k)^T, which stay additive
     over data points, and the M-step forms Sigma_k = S_k / n_k - d d^T with d = s_k / n_k,
@@ -73,15 +74,15 @@ class GaussianFeatures(NamedTuple):
     shift: jax.Array
 
 
-class CentredRows(NamedTuple):
-    """The compact form of a chunked fit's data, from which every chunk's E-step expands
-    its features (`GaussianMixture.precompute_chunks`).
+class ChunkedRows(NamedTuple):
+    """A chunked fit's data as given, with the shift every chunk's E-step centres it on when
+    it expands the chunk's features (`GaussianMixture.precompute_chunks`).
 
-    extended: (D + 1, n_samples), feature-major [y; 1] with y = x - shift ((n_chunks, D + 1,
-      chunk_size) for all chunks); shift: (D,) ((n_chunks, D) for all chunks, equal rows).
+    rows: (n_samples, D) ((n_chunks, chunk_size, D) for all chunks); shift: (D,)
+      ((n_chunks, D) for all chunks, equal rows).
     """
 
-    extended: jax.Array
+    rows: jax.Array
     shift: jax.Array
 
 
@@ -195,19 +196,20 @@ class GaussianMixture(MixtureModel):
         shift = jnp.mean(X, axis=0)
         return GaussianFeatures(self._features(X, shift), shift)
 
-    def precompute_chunks(self, chunks: jax.Array) -> CentredRows:
-        """Centred rows of every chunk, chunks: (n_chunks, chunk_size, D), all centred on one
-        shift (the mean of all rows; padding rows included, which only moves the centre):
-        extended (n_chunks, D + 1, chunk_size), shift (n_chunks, D) with equal rows.
+    def precompute_chunks(self, chunks: jax.Array) -> ChunkedRows:
+        """The rows of every chunk, chunks: (n_chunks, chunk_size, D), with one shift (the
+        mean of all rows; padding rows included, which only moves the centre): rows as
+        given, shift (n_chunks, D) with equal rows.
 
-        Each chunk's E-step expands its rows into features (`_as_features`) rather than
-        reading them from a stored (n_chunks, n_phi, chunk_size) array: a scan's slice of
-        a stored chunk is a copy that costs more than the products that make it, and the
-        features of all rows are never held at once.
+        Each chunk's E-step centres and expands its rows into features (`_as_features`)
+        rather than reading them from a stored (n_chunks, n_phi, chunk_size) array: a scan's
+        slice of a stored chunk is a copy that costs more than the products that make it.
+        Nor are centred rows stored: a data-sized array besides the data itself (and, kept
+        by the EM loop and the final objective both, two of them) for a transpose that costs
+        ~1/K of the E-step's products.
         """
         shift = jnp.mean(chunks, axis=(0, 1))
-        shifts = jnp.broadcast_to(shift, (chunks.shape[0], shift.shape[0]))
-        return CentredRows(_extend(chunks, shift), shifts)
+        return ChunkedRows(chunks, jnp.broadcast_to(shift, (chunks.shape[0], shift.shape[0])))
 
     def _features(self, X: jax.Array, shift: jax.Array) -> jax.Array:
         """Feature-major phi of rows X: (..., n, D) centred on shift (D,): (..., n_phi, n)."""
@@ -231,9 +233,9 @@ class GaussianMixture(MixtureModel):
         rows = [extended[..., i : i + 1, :] for i in range(n_features + 1)]
         return jnp.concatenate([rows[i] * rows[j] for i in range(len(rows)) for j in range(i, len(rows))], axis=-2)
 
-    def _as_features(self, X: jax.Array | GaussianFeatures | CentredRows) -> GaussianFeatures:
-        if isinstance(X, CentredRows):
-            return GaussianFeatures(self._expand(X.extended), X.shift)
+    def _as_features(self, X: jax.Array | GaussianFeatures | ChunkedRows) -> GaussianFeatures:
+        if isinstance(X, ChunkedRows):
+            return GaussianFeatures(self._features(X.rows, X.shift), X.shift)
         return X if isinstance(X, GaussianFeatures) else self.precompute(X)
 
     def e_step_params(self, params: GaussianMixtureParams | GaussianFactors) -> GaussianFactors:
@@ -260,11 +262,11 @@ class GaussianMixture(MixtureModel):
         return self._statistics_from_resp_t(params, features, resp_t), log_lik
 
     def log_joint(
-        self, params: GaussianMixtureParams, X: jax.Array | GaussianFeatures | CentredRows
+        self, params: GaussianMixtureParams, X: jax.Array | GaussianFeatures | ChunkedRows
     ) -> jax.Array:
         """log p(x, z=k): (n_samples, K); one GEMM when X is `precompute` features (or
-        `CentredRows` of one chunk)."""
-        if isinstance(X, (GaussianFeatures, CentredRows)):
+        `ChunkedRows` of one chunk)."""
+        if isinstance(X, (GaussianFeatures, ChunkedRows)):
             features = self._as_features(X)
             return (self._log_joint_coefficients(params, features.shift).T @ features.features).T
         return super().log_joint(params, X)

@@ -11,12 +11,9 @@ import jaxem
 from jaxem.models.bernoulli_mixture import BernoulliMixtureStats
 from mixture_checks import (
     as_init,
-    assert_em_update_same_with_and_without_jit,
     assert_m_step_maximises_q,
     assert_monotone,
     assert_predictions_by_hand,
-    assert_statistics_additive,
-    assert_weights_equal_repeated_rows,
 )
 
 PROBS = np.array([[0.9, 0.8, 0.1, 0.2], [0.1, 0.3, 0.8, 0.7]])
@@ -82,18 +79,6 @@ def test_maximum_likelihood_with_a_constant_feature_stays_finite():
     assert int(res.status) == jaxem.Status.CONVERGED
     assert bool(jnp.all(jnp.isfinite(res.params.probs)))
     np.testing.assert_allclose(res.params.probs[:, 0], 1.0, atol=1e-12)
-
-
-def test_statistics_additive_and_jit_consistent():
-    X = binary_data()
-    w = np.random.default_rng(0).uniform(0.5, 2.0, X.shape[0])
-    model = jaxem.BernoulliMixture(2)
-    assert_statistics_additive(model, start(), X, w, split=130)
-    assert_em_update_same_with_and_without_jit(model, start(), X)
-
-
-def test_integer_sample_weights_equal_repeated_rows():
-    assert_weights_equal_repeated_rows(jaxem.BernoulliMixture(2), binary_data()[:120], start())
 
 
 @pytest.mark.parametrize("pseudo_count", [0.0, 0.5])

@@ -9,12 +9,9 @@ from scipy.special import logsumexp
 import jaxem
 from mixture_checks import (
     as_init,
-    assert_em_update_same_with_and_without_jit,
     assert_m_step_maximises_q,
     assert_monotone,
     assert_predictions_by_hand,
-    assert_statistics_additive,
-    assert_weights_equal_repeated_rows,
 )
 
 # (K=2, D=3, C=4) generating probabilities.
@@ -91,19 +88,6 @@ def test_two_categories_equal_the_bernoulli_mixture():
     np.testing.assert_allclose(categorical.params.weights, bernoulli.params.weights, rtol=1e-10)
     np.testing.assert_allclose(categorical.params.probs[..., 1], bernoulli.params.probs, rtol=1e-10)
     np.testing.assert_allclose(categorical.trace, bernoulli.trace, rtol=1e-10)
-
-
-def test_statistics_additive_and_jit_consistent():
-    X = code_data()
-    w = np.random.default_rng(0).uniform(0.5, 2.0, X.shape[0])
-    model = jaxem.CategoricalMixture(2, n_categories=4)
-    assert_statistics_additive(model, start(), X, w, split=90)
-    assert_em_update_same_with_and_without_jit(model, start(), X)
-
-
-def test_integer_sample_weights_equal_repeated_rows():
-    model = jaxem.CategoricalMixture(2, n_categories=4)
-    assert_weights_equal_repeated_rows(model, code_data()[:120], start())
 
 
 @pytest.mark.parametrize("pseudo_count", [0.0, 0.5])

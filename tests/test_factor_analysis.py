@@ -16,10 +16,9 @@ from scipy.stats import multivariate_normal
 from sklearn.decomposition import FactorAnalysis as SklearnFactorAnalysis
 
 import jaxem
-from jaxem import parallel
 from jaxem.protocol import check_model
 
-from mixture_checks import as_init, assert_monotone, assert_statistics_additive, assert_trees_close
+from mixture_checks import as_init, assert_monotone, assert_trees_close
 
 
 def factor_rows(seed, n, n_features, n_factors, offset=0.0, loading_scale=1.0, isotropic=False):
@@ -301,37 +300,6 @@ def fitted_models():
         (jaxem.PPCA(2), factor_rows(9, 90, 5, 2, isotropic=True)),
         (jaxem.MixtureOfFactorAnalyzers(2, 1, noise_type="per_component"), mixture_rows(10, 90, 4, 1, n_components=2)),
     ]
-
-
-@pytest.mark.parametrize("index", [0, 1, 2])
-def test_integer_weights_equal_repeated_rows(index):
-    model, X = fitted_models()[index]
-    counts = np.random.default_rng(2).integers(0, 4, size=len(X))
-    counts[0] = 1
-    init = as_init(start(model, X, sample_weight=counts))
-    options = dict(key=jax.random.key(0), init=init, max_iter=15, tol=0.0)
-    weighted = jaxem.fit(model, X, sample_weight=counts, **options)
-    repeated = jaxem.fit(model, np.repeat(X, counts, axis=0), **options)
-    assert_trees_close(weighted.params, repeated.params, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(weighted.trace, repeated.trace, rtol=1e-12)
-    assert_monotone(weighted)
-
-
-@pytest.mark.parametrize("index", [0, 2])
-def test_chunked_equals_one_pass(index):
-    model, X = fitted_models()[index]
-    w = np.random.default_rng(1).uniform(0.5, 2.0, len(X))
-    init = start(model, X, sample_weight=w)
-    assert_statistics_additive(model, init, X, w, split=37)
-    whole, log_lik = parallel.e_step(model, init, jnp.asarray(X), jnp.asarray(w))
-    chunked, chunked_log_lik = parallel.e_step(model, init, jnp.asarray(X), jnp.asarray(w), 20)  # last chunk padded
-    assert_trees_close(chunked, whole, rtol=1e-11, atol=1e-11)
-    np.testing.assert_allclose(chunked_log_lik, log_lik, rtol=1e-12)
-    options = dict(key=jax.random.key(0), init=as_init(init), sample_weight=w, max_iter=25, tol=0.0)
-    one_pass = jaxem.fit(model, X, chunk_size=None, **options)
-    in_chunks = jaxem.fit(model, X, chunk_size=20, **options)
-    assert_trees_close(in_chunks.params, one_pass.params, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(in_chunks.trace, one_pass.trace, rtol=1e-12)
 
 
 def test_slow_factor_analysis_is_monotone_and_restarts_run():

@@ -193,45 +193,6 @@ def test_batch_statistics_are_sums_over_sequences():
     np.testing.assert_allclose(log_lik_parallel, log_lik, rtol=1e-12)
 
 
-def test_sample_weights_equal_repeated_sequences():
-    X, start = gaussian_data(), gaussian_start("full")
-    model = jaxem.GaussianHMM(K, covariance_type="full")
-    counts = np.array([2, 0, 1, 3])
-    weighted = fit5(model, (X, LENGTHS), start, sample_weight=counts)
-    parts = np.split(X, np.cumsum(LENGTHS)[:-1])
-    repeated = np.concatenate([part for part, c in zip(parts, counts) for _ in range(c)])
-    repeated_lengths = np.repeat(LENGTHS, counts)
-    again = fit5(model, (repeated, repeated_lengths), start)
-    assert_trees_close(weighted.params, again.params, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(weighted.trace, again.trace, rtol=1e-12)
-
-
-def test_chunks_equal_one_pass():
-    X, start = gaussian_data(), gaussian_start("full")
-    model = jaxem.GaussianHMM(K, covariance_type="full")
-    one_pass = fit5(model, (X, LENGTHS), start)
-    # Three sequences per chunk: the second chunk is padded with two zero-weight copies.
-    chunked = fit5(model, (X, LENGTHS), start, chunk_size=3)
-    assert_trees_close(chunked.params, one_pass.params, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(chunked.trace, one_pass.trace, rtol=1e-12)
-
-
-def test_restarts_are_separate_runs_and_monotone():
-    X = gaussian_data(seed=5)
-    model = jaxem.GaussianHMM(K, covariance_type="full")
-    res = jaxem.fit(model, (X, LENGTHS), key=jax.random.key(7), n_restarts=3, max_iter=5, tol=0.0)
-    data = model.as_data((X, LENGTHS))
-    keys = jax.random.split(jax.random.key(7), 3)
-    w = jnp.ones(len(LENGTHS))
-    starts = jax.jit(jax.vmap(lambda key: model.init_params(key, data, w, "kmeans++")))(keys)
-    for r in range(3):
-        start = {name: np.asarray(v[r]) for name, v in starts._asdict().items()}
-        alone = fit5(model, (X, LENGTHS), start)
-        assert_trees_close(jax.tree.map(lambda leaf: leaf[r], res.restarts.params), alone.params, rtol=1e-9, atol=1e-12)
-        assert int(res.restarts.n_decreases[r]) == 0
-    assert int(res.best_restart) == int(np.argmax(res.restarts.log_likelihood))
-
-
 def test_monotone_on_random_problems():
     """Random categorical data with two features (probs (K, D, C)), four restarts from
     kmeans++ starts on one-hot codes."""

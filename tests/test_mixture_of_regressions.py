@@ -10,12 +10,9 @@ from scipy.stats import norm
 import jaxem
 from mixture_checks import (
     as_init,
-    assert_em_update_same_with_and_without_jit,
     assert_m_step_maximises_q,
     assert_monotone,
     assert_predictions_by_hand,
-    assert_statistics_additive,
-    assert_weights_equal_repeated_rows,
 )
 
 COEFS = np.array([[1.0, 2.0, -1.0], [-2.0, -0.5, 1.5]])  # intercept, two slopes
@@ -103,18 +100,6 @@ def test_matches_textbook_em_after_same_iterations(n_iter):
     )
     for name, ours, theirs in zip(res.params._fields, res.params, reference_em(X, start(), n_iter)):
         np.testing.assert_allclose(ours, theirs, rtol=1e-9, err_msg=name)
-
-
-def test_statistics_additive_and_jit_consistent():
-    X = regression_data()
-    w = np.random.default_rng(0).uniform(0.5, 2.0, X.shape[0])
-    model = jaxem.MixtureOfRegressions(2)
-    assert_statistics_additive(model, start(), X, w, split=170)
-    assert_em_update_same_with_and_without_jit(model, start(), X)
-
-
-def test_integer_sample_weights_equal_repeated_rows():
-    assert_weights_equal_repeated_rows(jaxem.MixtureOfRegressions(2), regression_data()[:120], start())
 
 
 def test_m_step_is_a_stationary_point_of_q():

@@ -10,12 +10,9 @@ from scipy.stats import poisson
 import jaxem
 from mixture_checks import (
     as_init,
-    assert_em_update_same_with_and_without_jit,
     assert_m_step_maximises_q,
     assert_monotone,
     assert_predictions_by_hand,
-    assert_statistics_additive,
-    assert_weights_equal_repeated_rows,
 )
 
 RATES = np.array([[1.0, 5.0, 2.0], [6.0, 0.5, 3.0]])
@@ -71,18 +68,6 @@ def test_matches_textbook_em_after_same_iterations(n_iter):
     assert int(res.n_iter) == n_iter
     np.testing.assert_allclose(res.params.weights, weights, rtol=1e-10)
     np.testing.assert_allclose(res.params.rates, rates, rtol=1e-10)
-
-
-def test_statistics_additive_and_jit_consistent():
-    X = counts_data()
-    w = np.random.default_rng(0).uniform(0.5, 2.0, X.shape[0])
-    model = jaxem.PoissonMixture(2)
-    assert_statistics_additive(model, start(), X, w, split=110)
-    assert_em_update_same_with_and_without_jit(model, start(), X)
-
-
-def test_integer_sample_weights_equal_repeated_rows():
-    assert_weights_equal_repeated_rows(jaxem.PoissonMixture(2), counts_data()[:120], start())
 
 
 def test_m_step_is_a_stationary_point_of_q():

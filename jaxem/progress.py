@@ -39,8 +39,8 @@ def report(config: Any, n_iter: jax.Array, value: jax.Array, previous: jax.Array
 
 def _pack(fields: list[jax.Array]) -> jax.Array:
     """Scalars of any dtypes as the bytes of one uint8 vector: the host call's cost is
-    mostly the conversion of each argument into a jax.Array (about 20 us each on CPU), so
-    one argument rather than four makes it a fraction."""
+    mostly the conversion of each argument into a jax.Array, so one argument rather than
+    four makes it a fraction (benchmarks/bench_progress.py)."""
     return jnp.concatenate([jax.lax.bitcast_convert_type(field, jnp.uint8).reshape(-1) for field in fields])
 
 

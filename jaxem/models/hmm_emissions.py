@@ -44,8 +44,8 @@ def _row_centre(X: jax.Array) -> jax.Array:
     """(D,) the mean of the rows, the origin of the Gaussian GEMMs (float32 accuracy needs
     rows near it). It depends on the data alone, not on the params, so under a vmap over
     restarts the centred rows and their products stay unbatched and each GEMM is one
-    GEMM with the restarts side by side (centring on the params' means made them batched
-    GEMMs, which XLA:CPU ran ~10x slower per restart). Any origin gives the same values
+    GEMM with the restarts side by side (centring on the params' means would make them
+    batched GEMMs, slower per restart on XLA:CPU). Any origin gives the same values
     in exact arithmetic, so its gradient is stopped."""
     return jax.lax.stop_gradient(jnp.mean(X, axis=0))
 
@@ -186,8 +186,8 @@ class GaussianHMM(HMMModel):
             # (y - m_k)^T P_k (y - m_k) with y = x - g, m_k = mu_k - g (g the rows' mean) as one
             # GEMM of the features [y_i y_j (i <= j), y] (n, D(D+3)/2) by per-state
             # coefficients: under a vmap over restarts the features are shared and the
-            # restarts' coefficients sit side by side in one GEMM (the former (n, K, D)
-            # products L_k^-1 y were a batched GEMM and K D values per row, ~8x slower there).
+            # restarts' coefficients sit side by side in one GEMM (products L_k^-1 y would
+            # be a batched GEMM and K D values per row, slower there: benchmarks/bench_hmm.py).
             centre = _row_centre(X)
             y = X - centre
             offsets = params.means - centre
@@ -208,8 +208,8 @@ class GaussianHMM(HMMModel):
     def emission_statistics(self, params, X, gamma) -> GaussianHMMStats:
         """Moments about the E-step's means c_k, from GEMMs over rows centred on their
         mean g: with y = x - g and d_k = c_k - g, sum gamma (y - d)(y - d)^T =
-        M - f d^T - d f^T + n d d^T, f = gamma^T y, M = gamma^T (y y^T) (a batched einsum
-        over states ran ~5x slower on CPU). With missing values, the expected moments
+        M - f d^T - d f^T + n d d^T, f = gamma^T y, M = gamma^T (y y^T) (GEMMs rather than a
+        batched einsum over states, which XLA:CPU runs slower). With missing values, the expected moments
         given each step's observed entries."""
         if self.missing_width:
             return self._expected_statistics(params, X, gamma)

@@ -23,8 +23,8 @@ AUTO_PARALLEL_MIN_LENGTH = 256
 """Padded length from which method="auto" picks the parallel scan on GPU/TPU.
 
 A placeholder, not measured on a GPU/TPU: the crossover is to be set by a benchmark on each
-backend. On CPU the parallel scan never won (benchmarks/bench_hmm.py: 12-40x slower than
-the scaled scan at T = 250..4000, K = 8), so "auto" never picks it there.
+backend. On CPU the parallel scan never won against the scaled scan
+(benchmarks/bench_hmm.py, results/hmm_cpu.json), so "auto" never picks it there.
 """
 
 METHODS = ("sequential", "parallel", "auto")
@@ -174,7 +174,7 @@ def _transitions_parallel(matrices, alphas, betas, valid, log_likelihood):
 
 def _times_transition(alpha: jax.Array, transition: jax.Array) -> jax.Array:
     """(S, K) alpha @ transition (K, K), as a broadcast multiply and reduce that XLA:CPU fuses
-    into one loop (a dot_general per scan step costs ~1.5 us of call overhead at this size)."""
+    into one loop (a dot_general per scan step would pay a call's overhead at this size)."""
     return jnp.sum(alpha[:, :, None] * transition, axis=1)
 
 

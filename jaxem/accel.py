@@ -274,11 +274,12 @@ def run_em_phase(state: EMPhaseState, em_data: EMData, config: FitConfig, *, swi
     return jax.lax.while_loop(lambda s: is_running(s.em) & ~s.stalled, body, state)
 
 
-def run_lbfgs_phase(loss_fn, state: LbfgsPhaseState, *, max_iter, tol, criterion, to_params):
+def run_lbfgs_phase(loss_fn, state: LbfgsPhaseState, config: FitConfig, *, tol, to_params):
     """optax.lbfgs steps on loss_fn until a stopping rule holds or a step fails to descend.
 
     Each zoom line-search step is one value-and-gradient evaluation. Stopping rules are
-    run_em's, on the objective (-loss) or on the params (`to_params(u)`).
+    run_em's, on the objective (-loss) or on the params (`to_params(u)`); each iteration
+    reports the objective it ends at to config.progress.
     """
     optimizer = optax.lbfgs(
         memory_size=LBFGS_MEMORY,
@@ -287,6 +288,7 @@ def run_lbfgs_phase(loss_fn, state: LbfgsPhaseState, *, max_iter, tol, criterion
         ),
     )
     state = state._replace(opt_state=optimizer.init(state.u))
+    running = lambda s: (s.status == Status.RUNNING) & ~s.failed
 
     def body(state: LbfgsPhaseState) -> LbfgsPhaseState:
         updates, opt_state = optimizer.update(
@@ -297,12 +299,14 @@ def run_lbfgs_phase(loss_fn, state: LbfgsPhaseState, *, max_iter, tol, criterion
         grad = optax.tree.get(opt_state, "grad")
         descended = jnp.isfinite(loss) & all_finite(grad) & all_finite(u) & (loss <= state.loss)
         n_iter = state.n_iter + 1
-        done = is_done(criterion, -loss, -state.loss, to_params(u), to_params(state.u), tol)
-        status = jnp.where(descended, next_status(jnp.asarray(True), done, n_iter, max_iter), Status.RUNNING)
+        done = is_done(config.criterion, -loss, -state.loss, to_params(u), to_params(state.u), tol)
+        status = jnp.where(descended, next_status(jnp.asarray(True), done, n_iter, config.max_iter), Status.RUNNING)
         keep = lambda new, old: tree_where(descended, new, old)
+        kept_loss = jnp.where(descended, loss, state.loss)
+        progress.report(config, n_iter, -kept_loss, -state.loss, running(state))
         return LbfgsPhaseState(
             u=keep(u, state.u),
-            loss=jnp.where(descended, loss, state.loss),
+            loss=kept_loss,
             grad=keep(grad, state.grad),
             opt_state=opt_state,
             failed=~descended,
@@ -312,7 +316,6 @@ def run_lbfgs_phase(loss_fn, state: LbfgsPhaseState, *, max_iter, tol, criterion
             trace=state.trace.at[state.n_iter].set(-state.loss),
         )
 
-    running = lambda s: (s.status == Status.RUNNING) & ~s.failed
     return jax.lax.while_loop(running, body, state)
 
 
@@ -367,9 +370,7 @@ def run_quasi_newton(
 
     # value_and_grad runs for every restart under vmap; it is counted only where used.
     switched = first.em.status == Status.RUNNING
-    lbfgs = run_lbfgs_phase(
-        loss_fn, start_lbfgs(first), to_params=to_params, max_iter=config.max_iter, tol=tol, criterion=config.criterion
-    )
+    lbfgs = run_lbfgs_phase(loss_fn, start_lbfgs(first), config, to_params=to_params, tol=tol)
     lbfgs = lbfgs._replace(n_evals=jnp.where(switched, lbfgs.n_evals, first.n_evals))
     lbfgs_params = tree_where(switched, to_params(lbfgs.u), first.em.params)
     restart = first.em._replace(

@@ -40,6 +40,28 @@ def test_callback_reports_every_iteration_of_every_restart(accelerate):
             assert reported.size and error.min() <= 4e-16 * abs(trace[n]), (n, reported, trace[n] - trace[n - 1])
 
 
+def test_quasi_newton_reports_its_lbfgs_iterations_too():
+    calls = collections.defaultdict(list)
+    record = lambda n_iter, value, change: calls[int(n_iter)].append((float(value), float(change)))  # noqa: E731
+    rng = np.random.default_rng(0)
+    overlapping = rng.normal(size=(120, 2)) + 1.5 * rng.integers(2, size=(120, 1))  # slow EM: L-BFGS takes over
+    result = jaxem.fit(
+        jaxem.GaussianMixture(2), overlapping, key=jax.random.key(0), n_restarts=2, max_iter=60, tol=1e-12,
+        accelerate="quasi_newton", progress=record,
+    )
+    assert np.all(np.asarray(result.restarts.method) == jaxem.Method.QUASI_NEWTON)
+    n_iters = np.asarray(result.restarts.n_iter)
+    # every iteration of every restart reported once, EM's and L-BFGS's alike
+    for n in range(1, int(n_iters.max()) + 1):
+        assert len(calls[n]) == int(np.sum(n_iters >= n)), n
+    assert set(calls) == set(range(1, int(n_iters.max()) + 1))
+    finals = {float(v) for v in np.asarray(result.restarts.log_likelihood)}
+    last = {value for n in calls for value, _ in calls[n]}
+    assert all(np.isclose(last_value, list(last), rtol=1e-12, atol=0).any() for last_value in finals)
+    # the objective never decreases, whichever phase reports it
+    assert min(change for n in calls for _, change in calls[n]) >= -1e-12
+
+
 def test_restarts_of_an_iteration_make_one_host_call_and_stopped_runs_are_not_reported():
     # A `batched` callable sees the host calls themselves: one per iteration, with arrays
     # over the restarts still running. Restarts that stop early (tol > 0) are stepped on,

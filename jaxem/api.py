@@ -21,18 +21,32 @@ from jaxem.restarts import run_restarts, select_best
 
 AUTO_CHUNK_SIZE = 10_000
 
+# How many more chunks than the fewest `auto_chunk_size` will use (relatively) to find a
+# count that divides the data: chunks at least 1 / (1 + this) of AUTO_CHUNK_SIZE.
+AUTO_CHUNK_SLACK = 0.25
+
 
 def auto_chunk_size(model: Any, n_units: int) -> int | None:
     """Units per E-step chunk for large data sets of models whose statistics add up over
     chunks: at most AUTO_CHUNK_SIZE, in an even number of near-equal chunks, so that
     `parallel.scan_unroll` pairs them, one chunk per core of a 2-core CPU (measured in
     benchmarks/bench_gmm.py; README "Performance"). None (one pass) for data sets of at
-    most twice AUTO_CHUNK_SIZE units and for non-additive models."""
+    most twice AUTO_CHUNK_SIZE units and for non-additive models. The chunk count is one
+    that divides n_units when one is at most AUTO_CHUNK_SLACK above the fewest
+    (`even_chunk_count`): equal chunks need no padded copy of the data (issue #16)."""
     if not model.additive_statistics or n_units <= 2 * AUTO_CHUNK_SIZE:
         return None
-    n_chunks = -(-n_units // AUTO_CHUNK_SIZE)
-    n_chunks += n_chunks % 2
-    return -(-n_units // n_chunks)
+    return -(-n_units // even_chunk_count(n_units))
+
+
+def even_chunk_count(n_units: int) -> int:
+    """The number of chunks `auto_chunk_size` splits n_units units into: the fewest even
+    count of chunks of at most AUTO_CHUNK_SIZE units, or, when one divides n_units, the
+    smallest even divisor at most AUTO_CHUNK_SLACK above it."""
+    fewest = -(-n_units // AUTO_CHUNK_SIZE)
+    fewest += fewest % 2
+    most = int(fewest * (1 + AUTO_CHUNK_SLACK))
+    return next((n for n in range(fewest, most + 1, 2) if n_units % n == 0), fewest)
 
 
 def fit(

@@ -13,10 +13,10 @@ gradients, progress) runs it unchanged. Complete rows keep the base model's own 
 (the GEMM path of a Gaussian mixture); only incomplete rows take the conditional one.
 What it factorises (the W x W block of the precision on the missing columns, W the most
 entries any row misses) depends only on the row's missingness pattern, so on concrete data
-`prepare` orders the rows complete first, then grouped by pattern into blocks of one
-pattern (padded with weight-0 rows), and the incomplete rows' E-step is two batched GEMMs
-over those blocks with per-pattern coefficients (conditional_gaussian.blocked_e_step);
-for diagonal covariances no pattern matters (missing coordinates are independent of the
+`prepare` orders the rows complete first, then the incomplete ones by how many entries they
+miss and by pattern: each group of rows missing W entries takes a per-row E-step of width
+W, one GEMM plus O(K (D + W^2)) per row, with each pattern's block factorised once
+(conditional_gaussian.width_e_step); for diagonal covariances no pattern matters (missing coordinates are independent of the
 observed ones given the component) and it is one GEMM each way (diagonal_e_step).
 Inside a user's jit the patterns are unknown: every row takes the per-row conditional
 E-step with W = D. With an explicit chunk_size, a chunk of complete rows takes the base
@@ -76,16 +76,18 @@ class MissingValues(Model):
     width: W, the slots per row for missing columns (static); patterns: the distinct sets
     of missing columns, a tuple of tuples (static) starting with the empty one, whose blocks
     the E-step factorises once per pattern; () when unknown (traced data): once per row.
-    block_size: B > 0 when the incomplete rows come in consecutive groups of one pattern,
-    each a multiple of B rows (`prepare`), so that their E-step runs as GEMMs over blocks
-    (conditional_gaussian.blocked_e_step); 0: the per-row conditional E-step.
+    groups: ((W_g, n_g), ...) when the incomplete rows come as consecutive groups of n_g
+    rows that each miss exactly W_g entries, widths increasing, and `patterns` is sorted
+    the same way (`prepare`): each group's E-step has its own pattern table of width W_g
+    (`width_groups`, conditional_gaussian.width_e_step), so no row pays for the widest
+    pattern; (): every incomplete row on the conditional E-step with `width` slots.
     """
 
     base: Any
     n_complete: int = dataclasses.field(default=0, metadata=dict(static=True))
     width: int = dataclasses.field(default=1, metadata=dict(static=True))
     patterns: tuple = dataclasses.field(default=(), metadata=dict(static=True))
-    block_size: int = dataclasses.field(default=0, metadata=dict(static=True))
+    groups: tuple = dataclasses.field(default=(), metadata=dict(static=True))
 
     additive_statistics = True
 
@@ -127,6 +129,17 @@ class MissingValues(Model):
             slots[i, : len(columns)], valid[i, : len(columns)] = columns, True
         return cg.MissingPatterns(slots, valid)
 
+    def width_groups(self) -> list[tuple[slice, int, cg.MissingPatterns]]:
+        """Per entry of `groups`: (its rows among the incomplete ones, the offset of its
+        patterns in `patterns`, its own (P_g, W_g) pattern table, no padding slots)."""
+        out, row, first = [], 0, 1
+        for width, n_rows in self.groups:
+            count = sum(len(columns) == width for columns in self.patterns)
+            slots = np.array(self.patterns[first : first + count], np.int32).reshape(count, width)
+            out.append((slice(row, row + n_rows), first, cg.MissingPatterns(slots, np.ones(slots.shape, bool))))
+            row, first = row + n_rows, first + count
+        return out
+
     def start_params(self, values: dict, data: cg.PartialRows) -> Any:
         return self.base.start_params(values, data.values)
 
@@ -140,8 +153,14 @@ class MissingValues(Model):
         incomplete = jax.tree.map(lambda leaf: leaf[n_complete:], data) if n_complete < n_rows else None
         if incomplete is not None and self._diagonal:
             incomplete = cg.observed_features(incomplete)
-        elif incomplete is not None and self.block_size:
-            incomplete = cg.pattern_blocks(incomplete.values, incomplete.pattern, self.block_size)
+        elif incomplete is not None and self.groups:
+            incomplete = tuple(
+                cg.PartialRows(
+                    incomplete.values[rows], incomplete.observed[rows], incomplete.missing_index[rows, : table.slots.shape[1]],
+                    incomplete.missing_valid[rows, : table.slots.shape[1]], incomplete.pattern[rows] - first,
+                )
+                for rows, first, table in self.width_groups()
+            )
         return SplitRows(complete, incomplete)
 
     def precompute_chunks(self, chunks: cg.PartialRows) -> ChunkRows:
@@ -182,11 +201,14 @@ class MissingValues(Model):
             log_weights, means, covariances = self.base.gaussian_components(factors.params)
             variances = jnp.diagonal(covariances, axis1=-2, axis2=-1)
             moments, log_lik = cg.diagonal_e_step(log_weights, means, variances, incomplete, sample_weight)
-        elif isinstance(incomplete, cg.PatternBlocks):
-            weights = sample_weight.reshape(-1, self.block_size)
-            moments, log_lik = cg.blocked_e_step(factors.components, incomplete, weights, self.pattern_table())
-        else:
+        elif isinstance(incomplete, cg.PartialRows):
             return self._conditional_e_step(factors, incomplete, sample_weight)
+        else:  # a tuple of width groups
+            parts = [
+                cg.width_e_step(factors.components, group, sample_weight[rows], table)
+                for group, (rows, _, table) in zip(incomplete, self.width_groups())
+            ]
+            moments, log_lik = jax.tree.map(lambda *leaves: sum(leaves[1:], leaves[0]), *parts)
         return self.base.statistics_from_moments(*moments), log_lik
 
     def _conditional_e_step(self, factors: MissingFactors, rows: cg.PartialRows, sample_weight: jax.Array):
@@ -206,11 +228,10 @@ class MissingValues(Model):
 def prepare(model: Any, X: Any, sample_weight: Any) -> tuple[MissingValues, Any, Any]:
     """(MissingValues(model), X, sample_weight) for `jaxem.fit(..., missing="em")`. On
     concrete data the rows are reordered, complete rows first and then the incomplete ones
-    grouped by pattern, each group padded to a multiple of the block size with weight-0
-    copies of its last row; the weights (ones when None) move with the rows. The wrapper's
-    E-step then splits complete rows statically and runs the incomplete ones in blocks of
-    one pattern. Traced data is unchanged: every row on the per-row conditional E-step
-    (W = D).
+    by how many entries they miss and by pattern; the weights move with the rows. The
+    wrapper's E-step then splits complete rows statically and runs each group of
+    incomplete rows at its own width. Traced data is unchanged: every row on the per-row
+    conditional E-step (W = D).
 
     Raises:
       TypeError: a model without Gaussian components.
@@ -230,54 +251,24 @@ def prepare(model: Any, X: Any, sample_weight: Any) -> tuple[MissingValues, Any,
     missing = np.isnan(np.asarray(X, dtype=float))
     check_missing_pattern(missing)
     n_missing = missing.sum(axis=1)
-    keys = pattern_keys(missing)
-    # Patterns in sorted key order; the empty one (key 0, complete rows) first.
-    unique, first, group = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    group = group.reshape(-1)
+    # Patterns sorted by width, then key: the empty one (complete rows) first.
+    _, first, group = np.unique(pattern_keys(missing), axis=0, return_index=True, return_inverse=True)
+    rank = np.lexsort((np.arange(first.size), n_missing[first]))
+    position = np.empty_like(rank)
+    position[rank] = np.arange(rank.size)
+    group, first = position[group.reshape(-1)], first[rank]
     patterns = tuple(tuple(int(c) for c in np.flatnonzero(missing[i])) for i in first)
     if patterns[0]:  # no complete row: still keep the empty pattern at index 0
         patterns, group = ((),) + patterns, group + 1
-    sizes = np.bincount(group, minlength=len(patterns))[1:]
-    block_size = choose_block_size(sizes)
-    # Complete rows, then each pattern's rows padded to a multiple of block_size by
-    # repeating its last row with weight 0.
-    order = [np.flatnonzero(group == 0)]
-    is_pad = [np.zeros(order[0].size, bool)]
-    for p, size in enumerate(sizes, start=1):
-        rows = np.flatnonzero(group == p)
-        extra = -size % block_size
-        order.append(np.concatenate([rows, np.full(extra, rows[-1])]))
-        is_pad.append(np.arange(size + extra) >= size)
-    order, is_pad = np.concatenate(order), np.concatenate(is_pad)
-    weights = jnp.ones(n_missing.size) if sample_weight is None else jnp.asarray(sample_weight)
-    if weights.shape == (n_missing.size,):
-        weights = jnp.where(is_pad, 0.0, weights[order])
-    else:
-        weights = sample_weight  # wrong shape: jaxem.fit's check reports it
-    wrapped = MissingValues(model, int(np.sum(n_missing == 0)), max(int(n_missing.max()), 1), patterns, block_size)
+    order = np.argsort(group, kind="stable")
+    widths, counts = np.unique(n_missing[n_missing > 0], return_counts=True)
+    groups = tuple((int(w), int(c)) for w, c in zip(widths, counts))
+    weights = sample_weight
+    if sample_weight is not None and np.shape(sample_weight) == (n_missing.size,):
+        weights = jnp.asarray(sample_weight)[order]  # another shape: jaxem.fit's check reports it
+    n_complete = int(np.sum(n_missing == 0))
+    wrapped = MissingValues(model, n_complete, max(int(n_missing.max()), 1), patterns, groups)
     return wrapped, np.asarray(X)[order], weights
-
-
-BLOCK_SIZES = (8, 16, 32, 64, 128, 256)
-# A block costs about as much as this many rows beyond its own (batched-GEMM overhead).
-BLOCK_OVERHEAD_ROWS = 16
-
-
-def choose_block_size(group_sizes: np.ndarray) -> int:
-    """The block size of BLOCK_SIZES that minimises padded rows plus per-block overhead
-    for patterns with group_sizes rows each.
-
-    Blocks beat the per-row E-step on every case measured, even with few rows per pattern
-    (benchmarks/bench_missing.py; D = 16, K = 8, 10% missing, 3858 patterns of 21 rows on
-    average: 610 ms per iteration in blocks of 16, 725 ms per row), though there each
-    pattern's O(K D^3) terms dominate both.
-    """
-
-    def cost(size):
-        n_blocks = np.sum(-(-group_sizes // size))
-        return n_blocks * (size + BLOCK_OVERHEAD_ROWS)
-
-    return min(BLOCK_SIZES, key=cost)
 
 
 def pattern_keys(missing: np.ndarray) -> np.ndarray:

@@ -27,10 +27,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxem.models.cholesky import inverse_cholesky_transposed
-from jaxem.models.gaussian_mixture import _extended_triangle, _symmetric_index
 from jaxem.models.mixture import weighted_posterior
 from jaxem.sizes import MISSING_UNROLL_FEATURES
 
@@ -191,12 +189,20 @@ def expected_moments(
         patterns, pattern_resp = own_patterns(rows), resp
     else:
         pattern_resp = jax.ops.segment_sum(resp, rows.pattern, num_segments=len(patterns.slots))
-    n_components, n_features = squares.shape[:2]
+    return counts, sums, squares + embedded_within(moments.blocks.covariance, pattern_resp, patterns, squares.shape[-1])
+
+
+def embedded_within(
+    covariance: jax.Array, pattern_resp: jax.Array, patterns: MissingPatterns, n_features: int
+) -> jax.Array:
+    """sum_p r_pk C_pk scattered onto each pattern's missing block: (K, D, D), from the
+    BlockInverses covariance C (P, K, W, W) (zero on padding slots) and pattern_resp (P, K)."""
+    n_components = covariance.shape[1]
     slots = jnp.asarray(patterns.slots)
     flat = (slots[:, :, None] * n_features + slots[:, None, :]).reshape(-1)  # (P W W,)
-    weighted = jnp.moveaxis(pattern_resp[..., None, None] * moments.blocks.covariance, 1, 0).reshape(n_components, -1)
-    within = jnp.zeros((n_components, n_features * n_features), squares.dtype).at[:, flat].add(weighted)
-    return counts, sums, squares + within.reshape(n_components, n_features, n_features)
+    weighted = jnp.moveaxis(pattern_resp[..., None, None] * covariance, 1, 0).reshape(n_components, -1)
+    within = jnp.zeros((n_components, n_features * n_features), covariance.dtype).at[:, flat].add(weighted)
+    return within.reshape(n_components, n_features, n_features)
 
 
 def conditional_mean_and_covariance(
@@ -219,99 +225,47 @@ def conditional_mean_and_covariance(
     return mean, covariance
 
 
-# --- incomplete rows in blocks of one pattern: the E-step as GEMMs ---------------------------------
-class PatternBlocks(NamedTuple):
-    """Incomplete rows grouped into blocks of B rows that share one pattern.
-
-    features: (n_blocks, n_phi, B) the upper triangle of e e^T, e = [y; 1], y = x - shift,
-      in np.triu_indices order (missing entries at their column's mean: their coefficients
-      are zero); shift: (D,); pattern: (n_blocks,) int32 index into the MissingPatterns.
-    """
-
-    features: jax.Array
-    shift: jax.Array
-    pattern: jax.Array
-
-
-class PatternTerms(NamedTuple):
-    """Per pattern p and component k (`pattern_terms`): coefficients (P, n_phi, K) of
-    log p(x_o, z=k) in the features; transforms H (P, K, D, D) with x_hat - mu_k =
-    H (y - m_k), m_k = mu_k - shift; within (P, K, D, D) the conditional covariance on the
-    missing block, zero elsewhere."""
-
-    coefficients: jax.Array
-    transforms: jax.Array
-    within: jax.Array
-
-
-def pattern_blocks(values: jax.Array, pattern: jax.Array, block_size: int) -> PatternBlocks:
-    """PatternBlocks of rows values (n, D) (missing entries filled), n a multiple of
-    block_size, consecutive blocks of one pattern each (pattern: (n,) per row)."""
-    n_rows, n_features = values.shape
-    shift = jnp.mean(values, axis=0)
-    extended = jnp.concatenate([values - shift, jnp.ones_like(values[:, :1])], axis=1)
-    extended = jnp.swapaxes(extended.reshape(n_rows // block_size, block_size, n_features + 1), 1, 2)
-    rows, cols = _extended_triangle(n_features)
-    return PatternBlocks(extended[:, rows, :] * extended[:, cols, :], shift, pattern[::block_size])
-
-
-def pattern_terms(components: GaussianComponents, patterns: MissingPatterns, shift: jax.Array) -> PatternTerms:
-    """Every pattern's log-density coefficients and conditional-moment maps (see
-    PatternTerms), from the precision P: Sigma_oo^-1 = P_oo - P_om P_mm^-1 P_mo embedded as
-    Q = O (P - P C P) O with C the embedded P_mm^-1 and O the observed indicator, and
-    x_hat - mu = (I - C P) O (y - m)."""
-    blocks = block_inverses(components, patterns)
-    n_features = components.means.shape[1]
-    slots = np.asarray(patterns.slots)
-    scatter = jax.nn.one_hot(slots, n_features, dtype=components.means.dtype) * np.asarray(patterns.valid)[..., None]
-    within = jnp.einsum("pwd,pkwv,pve->pkde", scatter, blocks.covariance, scatter)  # (P, K, D, D)
-    observed = 1.0 - jnp.sum(scatter, axis=1)  # (P, D)
-    precisions = components.precisions[None]
-    both = observed[:, None, :, None] * observed[:, None, None, :]
-    quadratic = both * (precisions - precisions @ within @ precisions)  # Q: (P, K, D, D)
-    eye = jnp.eye(n_features, dtype=within.dtype)
-    transforms = (eye - within @ precisions) * observed[:, None, None, :]
-    centres = components.means - shift  # m: (K, D)
-    linear = jnp.einsum("pkde,ke->pkd", quadratic, centres)
-    log_det_oo = components.log_dets[None, :] + blocks.log_det
-    n_observed = jnp.sum(observed, axis=1)[:, None]
-    constant = components.log_weights[None, :] - 0.5 * (
-        n_observed * math.log(2 * math.pi) + log_det_oo + jnp.sum(linear * centres[None], axis=-1)
-    )
-    # log p(x_o, z=k) = e^T A e, A = [[-Q/2, Q m/2], [m^T Q/2, constant]]; each feature holds
-    # a product e_i e_j once, so off-diagonal coefficients count twice.
-    top = jnp.concatenate([-0.5 * quadratic, 0.5 * linear[..., None]], axis=-1)
-    bottom = jnp.concatenate([0.5 * linear, constant[..., None]], axis=-1)[..., None, :]
-    matrix = jnp.concatenate([top, bottom], axis=-2)  # (P, K, D + 1, D + 1)
-    rows, cols = _extended_triangle(n_features)
-    twice_off_diagonal = np.where(rows == cols, 1.0, 2.0).astype(matrix.dtype)
-    coefficients = jnp.swapaxes(twice_off_diagonal * matrix[..., rows, cols], 1, 2)
-    return PatternTerms(coefficients, transforms, within)
-
-
-def blocked_e_step(
-    components: GaussianComponents, blocks: PatternBlocks, weights: jax.Array, patterns: MissingPatterns
+# --- incomplete rows of one width: per row, one GEMM and W x W work -------------------------------
+def width_e_step(
+    components: GaussianComponents, rows: PartialRows, weights: jax.Array, patterns: MissingPatterns
 ) -> tuple[tuple[jax.Array, jax.Array, jax.Array], jax.Array]:
     """((counts (K,), centred_sums (K, D), centred_squares (K, D, D)) about the means, the
-    weighted summed observed-data log-likelihood) of rows in PatternBlocks, weights
-    (n_blocks, B): two batched GEMMs over blocks, then each pattern's raw moments of y
-    mapped to the expected moments of x (`PatternTerms`)."""
-    terms = pattern_terms(components, patterns, blocks.shift)
-    log_joint_t = jnp.einsum("bqk,bqn->bkn", terms.coefficients[blocks.pattern], blocks.features)
-    resp_t, log_lik = weighted_posterior(log_joint_t, weights, axis=1)
-    raw = jnp.einsum("bkn,bqn->bkq", resp_t, blocks.features)
-    raw = jax.ops.segment_sum(raw, blocks.pattern, num_segments=len(patterns.slots))  # (P, K, n_phi)
-    moments = raw[..., _symmetric_index(components.means.shape[1])]  # (P, K, D + 1, D + 1): sum r e e^T
-    counts, first, second = moments[..., -1, -1], moments[..., :-1, -1], moments[..., :-1, :-1]
-    centres = (components.means - blocks.shift)[None]
-    about = first - counts[..., None] * centres  # sum r (y - m)
-    cross = first[..., :, None] * centres[..., None, :]
-    scatter = second - cross - jnp.swapaxes(cross, -1, -2) + counts[..., None, None] * centres[..., :, None] * centres[..., None, :]
-    transforms = terms.transforms
-    sums = jnp.einsum("pkde,pke->kd", transforms, about)
-    squares = jnp.einsum("pkde,pkef,pkgf->kdg", transforms, scatter, transforms)
-    squares = squares + jnp.einsum("pk,pkde->kde", counts, terms.within)
-    return (jnp.sum(counts, axis=0), sums, squares), log_lik
+    weighted summed observed-data log-likelihood) of rows that each miss exactly W entries:
+    rows.pattern indexes patterns (P, W), no padding slots; weights (n,).
+
+    With the missing entries filled (x_f, rows.values), the full quadratic q = y^T P y,
+    y = x_f - mu, minimised over the missing coordinates is the observed one, so
+    log p(x_o, z=k) = log N(x_f; mu_k, Sigma_k) + (W log 2 pi - log|P_mm| + g^T C g) / 2
+    with g = (P y)_m and C = P_mm^-1, and x_hat - mu = y - E^T C g. Per row that is one
+    GEMM (P y for every component) and O(K (D + W^2)) more; only the W x W blocks are
+    factorised, once per pattern. Component-major layout: the moments are batched GEMMs.
+    """
+    shift = jnp.mean(components.means, axis=0)  # against cancellation when data sit far from 0
+    y = rows.values - shift
+    centres = components.means - shift  # (K, D)
+    blocks = block_inverses(components, patterns)
+    covariance = jnp.swapaxes(blocks.covariance, 0, 1)[:, rows.pattern]  # C: (K, n, W, W)
+    log_det_mm = blocks.log_det.T[:, rows.pattern]  # (K, n)
+    linear = jnp.einsum("kde,ke->kd", components.precisions, centres)
+    centred = y[None] - centres[:, None]  # (K, n, D)
+    gradient = jnp.einsum("ne,kde->knd", y, components.precisions) - linear[:, None]  # P y
+    gradient_m = jnp.take_along_axis(gradient, rows.missing_index[None], axis=2)  # g: (K, n, W)
+    solved = sum(covariance[..., w] * gradient_m[..., w, None] for w in range(gradient_m.shape[-1]))  # C g
+    n_features, width = y.shape[1], gradient_m.shape[-1]
+    log_joint_t = components.log_weights[:, None] - 0.5 * (
+        (n_features - width) * math.log(2 * math.pi) + components.log_dets[:, None] + log_det_mm
+        + jnp.sum(centred * gradient, axis=-1) - jnp.sum(gradient_m * solved, axis=-1)
+    )
+    resp_t, log_lik = weighted_posterior(log_joint_t, weights, axis=0)
+    one_hot = scatter_matrix(rows)  # (n, W, D)
+    deviation = centred - sum(solved[..., w, None] * one_hot[None, :, w] for w in range(width))  # x_hat - mu
+    # One Gram matrix per component of sqrt(r) [x_hat - mu, 1] holds the squares, the sums
+    # and the counts (one operand, one pass over the rows).
+    extended = jnp.sqrt(resp_t)[..., None] * jnp.concatenate([deviation, jnp.ones_like(deviation[..., :1])], axis=-1)
+    gram = jnp.einsum("knd,kne->kde", extended, extended)  # (K, D + 1, D + 1)
+    pattern_resp = jax.ops.segment_sum(resp_t.T, rows.pattern, num_segments=len(patterns.slots))
+    within = embedded_within(blocks.covariance, pattern_resp, patterns, n_features)
+    return (gram[:, -1, -1], gram[:, -1, :-1], gram[:, :-1, :-1] + within), log_lik
 
 
 # --- components with diagonal covariances: no patterns needed --------------------------------------
@@ -333,7 +287,7 @@ def observed_features(rows: PartialRows) -> ObservedFeatures:
 def diagonal_e_step(
     log_weights: jax.Array, means: jax.Array, variances: jax.Array, data: ObservedFeatures, weights: jax.Array
 ) -> tuple[tuple[jax.Array, jax.Array, jax.Array], jax.Array]:
-    """As `blocked_e_step` for components with diagonal covariances, variances (K, D): the
+    """As `width_e_step` for components with diagonal covariances, variances (K, D): the
     missing coordinates are independent of the observed ones given the component (x_hat_m =
     mu_m, C = diag(variances_m)), so log p(x_o, z=k) and every expected moment are linear
     in the features: one GEMM each way, as for complete rows. centred_squares comes back

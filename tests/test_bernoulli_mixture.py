@@ -136,3 +136,12 @@ def test_bad_init_raises(init, message):
 def test_negative_pseudo_count_raises():
     with pytest.raises(ValueError, match="pseudo_count"):
         jaxem.BernoulliMixture(2, pseudo_count=-0.1)
+
+
+def test_predictions_check_the_data_domain():
+    X = binary_data()[:3].copy()
+    X[1, 2] = 0.5
+    model = jaxem.BernoulliMixture(2)
+    for method in (model.predict, model.predict_proba, model.score_samples, model.score, model.bic, model.aic):
+        with pytest.raises(ValueError, match="binary values"):
+            method(start(), X)

@@ -143,3 +143,12 @@ def test_bad_init_and_options_raise():
         jaxem.fit(model, X, key=jax.random.key(0), init=dict(weights=[0.5, 0.5], probs=np.full((2, 2, 3), 1 / 3)))
     with pytest.raises(ValueError, match="n_categories"):
         jaxem.CategoricalMixture(2, n_categories=1)
+
+
+def test_predictions_check_the_data_domain():
+    X = code_data()[:3].copy()
+    X[1, 2] = 4.0
+    model = jaxem.CategoricalMixture(2, n_categories=4)
+    for method in (model.predict, model.predict_proba, model.score_samples, model.score, model.bic, model.aic):
+        with pytest.raises(ValueError, match="category codes"):
+            method(start(), X)

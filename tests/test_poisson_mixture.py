@@ -152,3 +152,12 @@ def test_bad_options_raise():
         jaxem.PoissonMixture(0)
     with pytest.raises(ValueError, match="min_rate"):
         jaxem.PoissonMixture(2, min_rate=-1.0)
+
+
+def test_predictions_check_the_data_domain():
+    X = counts_data()[:3].copy()
+    X[1, 2] = -1.0
+    model = jaxem.PoissonMixture(2)
+    for method in (model.predict, model.predict_proba, model.score_samples, model.score, model.bic, model.aic):
+        with pytest.raises(ValueError, match="non-negative counts"):
+            method(start(), X)

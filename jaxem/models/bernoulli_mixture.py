@@ -58,8 +58,7 @@ class BernoulliMixture(MixtureModel):
         validation.check_positive_int(self.n_components, "n_components")
         checks.check_hyperparameter(self.pseudo_count, "pseudo_count")
 
-    def check_data(self, X: jax.Array) -> None:
-        super().check_data(X)
+    def check_values(self, X: jax.Array) -> None:
         checks.check_integer_data(X, "binary values", low=0, high=1)
 
     # --- densities --------------------------------------------------------------------------

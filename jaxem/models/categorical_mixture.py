@@ -63,8 +63,7 @@ class CategoricalMixture(MixtureModel):
         validation.check_positive_int(self.n_categories, "n_categories", minimum=2)
         checks.check_hyperparameter(self.pseudo_count, "pseudo_count")
 
-    def check_data(self, X: jax.Array) -> None:
-        super().check_data(X)
+    def check_values(self, X: jax.Array) -> None:
         checks.check_integer_data(X, "category codes", low=0, high=self.n_categories - 1)
 
     def one_hot(self, X: jax.Array) -> jax.Array:

@@ -158,11 +158,16 @@ class MixtureModel(Model):
         return self.params_from_resp(X, resp_t.T)
 
     def check_data(self, X: jax.Array) -> None:
-        """Model-specific eager checks on validated data; raise ValueError when unusable."""
+        """Model-specific eager checks on validated data to fit; raise ValueError when unusable."""
         if X.shape[0] < self.n_components:
             raise ValueError(
                 f"n_components={self.n_components} must be <= n_samples={X.shape[0]}."
             )
+        self.check_values(X)
+
+    def check_values(self, X: jax.Array) -> None:
+        """The family's checks on the values of rows, to fit or to predict (counts, codes,
+        binary values); tracers pass unchecked. Raises ValueError. None here."""
 
     # --- prediction -----------------------------------------------------------------------
     def predict_proba(self, params: Any, X: Any) -> jax.Array:
@@ -198,4 +203,8 @@ class MixtureModel(Model):
         return self.n_parameters(n_features)
 
     def _data(self, X: Any) -> jax.Array:
-        return validation.as_data(X)
+        """Rows to predict or score: validated (jaxem.validation.as_data), values in the
+        family's domain (check_values)."""
+        X = validation.as_data(X)
+        self.check_values(X)
+        return X

@@ -56,8 +56,7 @@ class PoissonMixture(MixtureModel):
         validation.check_positive_int(self.n_components, "n_components")
         checks.check_hyperparameter(self.min_rate, "min_rate")
 
-    def check_data(self, X: jax.Array) -> None:
-        super().check_data(X)
+    def check_values(self, X: jax.Array) -> None:
         checks.check_integer_data(X, "non-negative counts", low=0)
 
     # --- densities --------------------------------------------------------------------------

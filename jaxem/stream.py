@@ -66,6 +66,10 @@ __all__ = ["DEFAULT_BLOCK_SIZE", "default_step_size", "fit_online", "fit_stream"
 
 DEFAULT_BLOCK_SIZE = 65_536
 
+# Byte alignment at which jax.device_put on CPU uses a NumPy array's memory in place
+# rather than copying it (XLA's minimum buffer alignment); NumPy's own is 16.
+DEVICE_ALIGNMENT = 64
+
 
 def default_step_size(t: int) -> float:
     """eta_t = (t + 2) ** -0.6 (Liang & Klein 2009: alpha in (0.5, 1])."""
@@ -86,11 +90,21 @@ def _read_parquet(path: Path, batch_rows: int) -> Iterator[np.ndarray]:
         yield np.column_stack([column.to_numpy(zero_copy_only=False) for column in batch.columns])
 
 
+def _aligned_copy(rows: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of rows (n, ...) in memory aligned to DEVICE_ALIGNMENT bytes, so
+    that putting it on a CPU device copies nothing more: one copy of a block, not two."""
+    buffer = np.empty(rows.nbytes + DEVICE_ALIGNMENT, np.uint8)
+    start = -buffer.ctypes.data % DEVICE_ALIGNMENT
+    out = buffer[start : start + rows.nbytes].view(rows.dtype).reshape(rows.shape)
+    out[...] = rows
+    return out
+
+
 def _read_npy(path: Path, batch_rows: int) -> Iterator[np.ndarray]:
-    """Copies of batch_rows-row slices of a memory-mapped .npy file. Each slice's pages are
-    released from this process once copied (madvise MADV_DONTNEED: they stay in the OS page
-    cache, but not in the process's resident memory), so a pass over a file larger than
-    memory keeps only the blocks in flight resident."""
+    """Copies of batch_rows-row slices of a memory-mapped .npy file (`_aligned_copy`). Each
+    slice's pages are released from this process once copied (madvise MADV_DONTNEED: they
+    stay in the OS page cache, but not in the process's resident memory), so a pass over a
+    file larger than memory keeps only the blocks in flight resident."""
     array = np.load(path, mmap_mode="r")
     if array.ndim == 0 or (array.ndim > 1 and array.flags.f_contiguous and not array.flags.c_contiguous):
         yield np.asarray(array)  # Fortran order: rows are not contiguous (or a 0-d array)
@@ -100,7 +114,7 @@ def _read_npy(path: Path, batch_rows: int) -> Iterator[np.ndarray]:
     offset = getattr(array, "offset", 0) % mmap.ALLOCATIONGRANULARITY  # the array's start in the mapping
     page = mmap.PAGESIZE
     for start in range(0, array.shape[0], batch_rows):
-        block = np.array(array[start : start + batch_rows])
+        block = _aligned_copy(array[start : start + batch_rows])
         if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
             first = (offset + start * row_bytes) // page * page
             last = offset + (start + block.shape[0]) * row_bytes

@@ -259,10 +259,10 @@ def width_e_step(
     resp_t, log_lik = weighted_posterior(log_joint_t, weights, axis=0)
     one_hot = scatter_matrix(rows)  # (n, W, D)
     deviation = centred - sum(solved[..., w, None] * one_hot[None, :, w] for w in range(width))  # x_hat - mu
-    # One Gram matrix per component of sqrt(r) [x_hat - mu, 1] holds the squares, the sums
-    # and the counts (one operand, one pass over the rows).
-    extended = jnp.sqrt(resp_t)[..., None] * jnp.concatenate([deviation, jnp.ones_like(deviation[..., :1])], axis=-1)
-    gram = jnp.einsum("knd,kne->kde", extended, extended)  # (K, D + 1, D + 1)
+    # One batched GEMM, sum_n r [x_hat - mu, 1] [x_hat - mu, 1]^T per component, holds the
+    # squares, the sums and the counts.
+    extended = jnp.concatenate([deviation, jnp.ones_like(deviation[..., :1])], axis=-1)
+    gram = jnp.einsum("knd,kne->kde", resp_t[..., None] * extended, extended)  # (K, D + 1, D + 1)
     pattern_resp = jax.ops.segment_sum(resp_t.T, rows.pattern, num_segments=len(patterns.slots))
     within = embedded_within(blocks.covariance, pattern_resp, patterns, n_features)
     return (gram[:, -1, -1], gram[:, -1, :-1], gram[:, :-1, :-1] + within), log_lik

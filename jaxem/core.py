@@ -93,9 +93,11 @@ class FitResult(NamedTuple):
 
 
 class EMState(NamedTuple):
-    """The while-loop carry."""
+    """The while-loop carry. previous: the params entering the last iteration, whose
+    objective is `objective` (kept for a run whose next objective is not finite)."""
 
     params: Any
+    previous: Any
     m_state: Any
     objective: jax.Array
     n_iter: jax.Array
@@ -216,6 +218,7 @@ def start_state(params: Any, m_state: Any, dtype: Any, max_iter: int) -> EMState
     """The carry before the first iteration: objective -inf, an all-NaN trace."""
     return EMState(
         params=params,
+        previous=params,
         m_state=m_state,
         objective=jnp.asarray(-jnp.inf, dtype),
         n_iter=jnp.zeros((), jnp.int32),
@@ -256,7 +259,9 @@ def resumed_state(start: EMState, resume: Progress) -> EMState:
 
 def em_iteration(state: EMState, em_data: EMData, config: FitConfig) -> EMState:
     """One E+M step from `state` with the stopping rule applied: the body of plain EM's
-    loop and of the accelerators' EM phases. A non-finite step keeps the previous params."""
+    loop and of the accelerators' EM phases. A non-finite step ends the run with the last
+    params whose objective is finite: the current ones when only the M-step's params are
+    not finite, the previous ones when the current params' objective is not."""
     model, data, sample_weight, prepared, tol = em_data
     value, new_params, new_m_state = em_update(
         model, state.params, state.m_state, data, sample_weight, config.chunk_size, prepared
@@ -266,8 +271,10 @@ def em_iteration(state: EMState, em_data: EMData, config: FitConfig) -> EMState:
     n_iter = state.n_iter + 1
     progress.report(config, n_iter, value, state.objective, is_running(state))
     keep = lambda new, old: tree_where(finite, new, old)
+    last_finite = tree_where(jnp.isfinite(value), state.params, state.previous)
     return EMState(
-        params=keep(new_params, state.params),
+        params=keep(new_params, last_finite),
+        previous=keep(state.params, state.previous),
         m_state=keep(new_m_state, state.m_state),
         objective=value,
         n_iter=n_iter,
@@ -356,7 +363,7 @@ def run_em(
             start = resumed_state(start, resume)
         body = lambda state, em_data: em_iteration(state, em_data, config)
         final = _loop(body, start, EMData(model, data, sample_weight, prepared, tol), config)
-        return final.params, final._replace(params=None)
+        return final.params, final._replace(params=None, previous=None)
 
     if config.diff == "implicit":
 

@@ -91,6 +91,21 @@ def test_non_finite_run_fails_and_is_never_converged():
     assert ok.status == Status.CONVERGED
 
 
+def test_non_finite_run_keeps_the_last_params_with_a_finite_objective():
+    # The first M-step rounds a variance of the tiny spherical component to -4e-20: those
+    # params are finite, their objective is NaN. The run keeps the params before them.
+    X = np.random.RandomState(1).uniform(size=(30, 3))
+    model = jaxem.GaussianMixture(2, covariance_type="spherical", reg_covar=0.0)
+    init = dict(weights=[0.5, 0.5], means=X[:2], covariances=[1e-6, 1.0])
+    for accelerate in (None, "quasi_newton"):
+        res = jaxem.fit(model, X, key=jax.random.key(0), init=init, max_iter=5, tol=0.0, accelerate=accelerate)
+        assert res.status == Status.NON_FINITE
+        assert np.isnan(res.trace[1]) and np.isfinite(res.trace[0])
+        np.testing.assert_allclose(res.params.covariances, init["covariances"], rtol=1e-12)
+        np.testing.assert_allclose(res.log_likelihood, res.trace[0], rtol=1e-12)
+        np.testing.assert_allclose(res.log_likelihood, model.score(res.params, X), rtol=1e-12)
+
+
 def test_best_restart_skips_failed_runs():
     X = mixture_data(4)
     res = jaxem.fit(jaxem.GaussianMixture(2), X, key=jax.random.key(5), n_restarts=4, max_iter=30)

@@ -321,15 +321,17 @@ class HMMModel(Model):
         return params if isinstance(params, Prepared) else self.e_step_params(params)
 
     def posterior(self, params: Any, data: Sequences) -> hmm_inference.Posterior:
-        """forward_backward on every sequence: marginals (S, T, K), transitions (S, K, K),
+        """Forward-backward on the batch (the E-step's kernel, hmm_inference.batch_posterior):
+        marginals (S, T, K), transitions (K, K) expected counts summed over the sequences,
         log_likelihood (S,)."""
         params, factors = self._prepared(params)
         n_sequences, max_len, n_features = data.observations.shape
         rows = data.observations.reshape(-1, n_features)
         log_em = self.log_emission(params, factors, rows).reshape(n_sequences, max_len, -1)
-        log_initial, log_transition = safe_log(params.initial), safe_log(params.transition)
-        run = lambda e, n: hmm_inference.forward_backward(log_initial, log_transition, e, n, self.method)
-        return jax.vmap(run)(log_em, data.lengths)
+        return hmm_inference.batch_posterior(
+            safe_log(params.initial), safe_log(params.transition), log_em, data.lengths,
+            jnp.ones(n_sequences, log_em.dtype), self.method,
+        )
 
     def e_step(self, params: Any, data: Sequences, sample_weight: jax.Array) -> tuple[HMMStats, jax.Array]:
         """Weighted, summed statistics and sum_s w_s log p(sequence_s); a sequence of weight 0

@@ -27,8 +27,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxem.models.cholesky import inverse_cholesky_transposed
+from jaxem.models.gaussian_mixture import _extended_triangle, _symmetric_index
 from jaxem.models.mixture import weighted_posterior
 from jaxem.sizes import MISSING_UNROLL_FEATURES
 
@@ -225,6 +227,141 @@ def conditional_mean_and_covariance(
     return mean, covariance
 
 
+# --- incomplete rows in blocks of one pattern: the E-step as GEMMs ---------------------------------
+class PatternBlocks(NamedTuple):
+    """Incomplete rows grouped into blocks of B rows that share one pattern.
+
+    features: (n_blocks, n_phi, B) the upper triangle of e e^T, e = [y; 1], y = x - shift,
+      in np.triu_indices order (missing entries at their column's mean: their coefficients
+      are zero); shift: (D,); pattern: (n_blocks,) int32 index into the MissingPatterns.
+    """
+
+    features: jax.Array
+    shift: jax.Array
+    pattern: jax.Array
+
+
+class PatternTerms(NamedTuple):
+    """Per pattern p and component k (`pattern_terms`): coefficients (P, n_phi, K) of
+    log p(x_o, z=k) in the features; gain (P, K, W, D) = C P_m. with C = P_mm^-1 (zero on
+    padding slots) and P_m. the precision's rows on the missing columns, so that
+    x_hat - mu_k = H (y - m_k) with H = (I - E^T gain) O, m_k = mu_k - shift, E the (W, D)
+    one-hot slots and O the observed indicator; blocks: the BlockInverses (C, log|P_mm|)."""
+
+    coefficients: jax.Array
+    gain: jax.Array
+    blocks: BlockInverses
+
+
+def pattern_blocks(values: jax.Array, pattern: jax.Array, block_size: int) -> PatternBlocks:
+    """PatternBlocks of rows values (n, D) (missing entries filled), n a multiple of
+    block_size, consecutive blocks of one pattern each (pattern: (n,) per row)."""
+    n_rows, n_features = values.shape
+    shift = jnp.mean(values, axis=0)
+    extended = jnp.concatenate([values - shift, jnp.ones_like(values[:, :1])], axis=1)
+    extended = jnp.swapaxes(extended.reshape(n_rows // block_size, block_size, n_features + 1), 1, 2)
+    rows, cols = _extended_triangle(n_features)
+    return PatternBlocks(extended[:, rows, :] * extended[:, cols, :], shift, pattern[::block_size])
+
+
+def pattern_terms(components: GaussianComponents, patterns: MissingPatterns, shift: jax.Array) -> PatternTerms:
+    """Every pattern's log-density coefficients and conditional-mean gain (see PatternTerms),
+    in low rank: Sigma_oo^-1 embedded in D x D is Q = O (P - P_m.^T C P_m.) O, so each
+    pattern costs O(K D^2 W) (static gathers of the W missing rows of P), not O(K D^3)."""
+    blocks = block_inverses(components, patterns)
+    rows_m = jnp.moveaxis(components.precisions[:, np.asarray(patterns.slots), :], 0, 1)  # P_m.: (P, K, W, D)
+    gain = _slot_products(blocks.covariance, rows_m)  # C P_m.
+    observed = _observed_indicator(patterns, components.means.shape[1]).astype(gain.dtype)
+    low_rank = _slot_products(jnp.swapaxes(rows_m, -1, -2), gain)  # P_m.^T C P_m.: (P, K, D, D)
+    both = observed[:, None, :, None] * observed[:, None, None, :]
+    quadratic = both * (components.precisions[None] - low_rank)  # Q: (P, K, D, D)
+    centres = components.means - shift  # m: (K, D)
+    linear = jnp.einsum("pkde,ke->pkd", quadratic, centres)
+    log_det_oo = components.log_dets[None, :] + blocks.log_det
+    n_observed = jnp.sum(observed, axis=1)[:, None]
+    constant = components.log_weights[None, :] - 0.5 * (
+        n_observed * math.log(2 * math.pi) + log_det_oo + jnp.sum(linear * centres[None], axis=-1)
+    )
+    # log p(x_o, z=k) = e^T A e, A = [[-Q/2, Q m/2], [m^T Q/2, constant]]; each feature holds
+    # a product e_i e_j once, so off-diagonal coefficients count twice.
+    top = jnp.concatenate([-0.5 * quadratic, 0.5 * linear[..., None]], axis=-1)
+    bottom = jnp.concatenate([0.5 * linear, constant[..., None]], axis=-1)[..., None, :]
+    matrix = jnp.concatenate([top, bottom], axis=-2)  # (P, K, D + 1, D + 1)
+    rows, cols = _extended_triangle(components.means.shape[1])
+    twice_off_diagonal = np.where(rows == cols, 1.0, 2.0).astype(matrix.dtype)
+    coefficients = jnp.swapaxes(twice_off_diagonal * matrix[..., rows, cols], 1, 2)
+    return PatternTerms(coefficients, gain, blocks)
+
+
+def _observed_indicator(patterns: MissingPatterns, n_features: int) -> np.ndarray:
+    """(P, D) bool: the columns each pattern observes."""
+    return ~np.any(_one_hot_slots(patterns, n_features, bool), axis=1)
+
+
+def _one_hot_slots(patterns: MissingPatterns, n_features: int, dtype: Any) -> np.ndarray:
+    """(P, W, D) E with E[p, w, slots[p, w]] = 1 on valid slots: v @ E scatters a (W,)
+    vector onto pattern p's missing columns."""
+    one_hot = np.arange(n_features) == np.asarray(patterns.slots)[..., None]
+    return (one_hot & np.asarray(patterns.valid)[..., None]).astype(dtype)
+
+
+def _slot_products(left: jax.Array, right: jax.Array) -> jax.Array:
+    """left (..., A, W) @ right (..., W, B) for a short W: sums of W broadcast products
+    (XLA:CPU runs a batch of tiny matrix products as one call each)."""
+    width = left.shape[-1]
+    if width > MISSING_UNROLL_FEATURES:
+        return left @ right
+    return sum(left[..., :, w, None] * right[..., w, None, :] for w in range(width))
+
+
+def blocked_e_step(
+    components: GaussianComponents, blocks: PatternBlocks, weights: jax.Array, patterns: MissingPatterns
+) -> tuple[tuple[jax.Array, jax.Array, jax.Array], jax.Array]:
+    """((counts (K,), centred_sums (K, D), centred_squares (K, D, D)) about the means, the
+    weighted summed observed-data log-likelihood) of rows in PatternBlocks, weights
+    (n_blocks, B): two batched GEMMs over blocks, then each pattern's raw moments of y
+    mapped to the expected moments of x (`PatternTerms`, `_pattern_moments`)."""
+    terms = pattern_terms(components, patterns, blocks.shift)
+    log_joint_t = jnp.einsum("bqk,bqn->bkn", terms.coefficients[blocks.pattern], blocks.features)
+    resp_t, log_lik = weighted_posterior(log_joint_t, weights, axis=1)
+    raw = jnp.einsum("bkn,bqn->bkq", resp_t, blocks.features)
+    raw = jax.ops.segment_sum(raw, blocks.pattern, num_segments=len(patterns.slots))  # (P, K, n_phi)
+    moments = raw[..., _symmetric_index(components.means.shape[1])]  # (P, K, D + 1, D + 1): sum r e e^T
+    counts, first, second = moments[..., -1, -1], moments[..., :-1, -1], moments[..., :-1, :-1]
+    centres = (components.means - blocks.shift)[None]
+    about = first - counts[..., None] * centres  # sum r (y - m)
+    cross = first[..., :, None] * centres[..., None, :]
+    scatter = second - cross - jnp.swapaxes(cross, -1, -2) + counts[..., None, None] * centres[..., :, None] * centres[..., None, :]
+    sums, squares = _pattern_moments(terms, patterns, counts, about, scatter)
+    return (jnp.sum(counts, axis=0), sums, squares), log_lik
+
+
+def _pattern_moments(
+    terms: PatternTerms, patterns: MissingPatterns, counts: jax.Array, about: jax.Array, scatter: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """(sum_p H a, sum_p H S H^T + counts C embedded): (K, D), (K, D, D), from each pattern's
+    counts (P, K), about a = sum r (y - m) (P, K, D) and scatter S = sum r (y - m)(y - m)^T
+    (P, K, D, D), H = (I - E^T G) O with G the gain.
+
+    In low rank, with S' = O S O, V = G S' and Y = V G^T + counts C (W x W):
+    H S H^T + counts E^T C E = S' - E^T V - V^T E + E^T Y E = S' - (M + M^T),
+    M = E^T (V - Y E / 2); the sums over patterns of E^T (...) are one GEMM over (p, w).
+    """
+    n_features = about.shape[-1]
+    one_hot = _one_hot_slots(patterns, n_features, about.dtype)  # E: (P, W, D)
+    observed = _observed_indicator(patterns, n_features).astype(about.dtype)
+    about = about * observed[:, None, :]
+    scatter = scatter * observed[:, None, :, None] * observed[:, None, None, :]
+    gain = terms.gain
+    sums = jnp.sum(about, axis=0) - jnp.einsum("pwd,pkw->kd", one_hot, jnp.einsum("pkwd,pkd->pkw", gain, about))
+    shaped = jnp.einsum("pkwd,pkde->pkwe", gain, scatter)  # V
+    inner = _slot_products(shaped, jnp.swapaxes(gain, -1, -2)) + counts[..., None, None] * terms.blocks.covariance  # Y
+    half = shaped - 0.5 * _slot_products(inner, one_hot[:, None])  # V - Y E / 2
+    embedded = jnp.einsum("pwd,pkwe->kde", one_hot, half)  # M
+    squares = jnp.sum(scatter, axis=0) - embedded - jnp.swapaxes(embedded, -1, -2)
+    return sums, squares
+
+
 # --- incomplete rows of one width: per row, one GEMM and W x W work -------------------------------
 def width_e_step(
     components: GaussianComponents, rows: PartialRows, weights: jax.Array, patterns: MissingPatterns
@@ -287,7 +424,7 @@ def observed_features(rows: PartialRows) -> ObservedFeatures:
 def diagonal_e_step(
     log_weights: jax.Array, means: jax.Array, variances: jax.Array, data: ObservedFeatures, weights: jax.Array
 ) -> tuple[tuple[jax.Array, jax.Array, jax.Array], jax.Array]:
-    """As `width_e_step` for components with diagonal covariances, variances (K, D): the
+    """As `blocked_e_step` for components with diagonal covariances, variances (K, D): the
     missing coordinates are independent of the observed ones given the component (x_hat_m =
     mu_m, C = diag(variances_m)), so log p(x_o, z=k) and every expected moment are linear
     in the features: one GEMM each way, as for complete rows. centred_squares comes back

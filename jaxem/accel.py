@@ -61,26 +61,17 @@ STEP_GROWTH = 4.0
 STALL_RATE = 0.5
 # ... but not before this many EM iterations, which move from a rough start to the basin.
 MIN_EM_ITER = 5
-# Curvature pairs kept by L-BFGS: as many as there are unconstrained coordinates (what full
-# BFGS knows), at least LBFGS_MEMORY and at most LBFGS_MAX_MEMORY, at O(memory n_params)
-# per iteration, asymptotically small next to an E-step's O(n_samples n_params); at
-# N = 1000 on a CPU it is not (D 5, K 4 full: a value-and-gradient 0.055 ms, L-BFGS's own
-# work per iteration ~0.08 ms with 40 pairs and ~0.19 ms with 100, not in the two-loop
-# recursion: its compact form, a few matrix products, was no faster). 10 pairs needed 4x more
-# evaluations on Old Faithful (whose coordinates are badly scaled) and up to 22% more on
-# the other benchmark problems. A fixed 40 pairs fell short on the random mixtures with
-# more coordinates (benchmarks/bench_accel_random.py, D 3..5 full and D 5 K 4 diag: 1051
-# evaluations on those 12 problems, 983 with the rule; D = 5, K = 4 full, seed 0: 211 -> 164).
+# Curvature pairs kept by L-BFGS, at O(LBFGS_MEMORY n_params) per iteration. 10 pairs
+# needed 4x more evaluations on Old Faithful (badly scaled coordinates) and up to 22% more
+# on the other benchmark problems. As many pairs as coordinates (up to 100) saved 2% of
+# the evaluations on the random mixtures (bench_accel_random.py) but cost more wall time
+# than it saved there: at N = 1000 on a CPU L-BFGS's own work per iteration (~0.08 ms with
+# 40 pairs, ~0.19 ms with 100) exceeds a value-and-gradient (0.055 ms). The cost of the
+# quasi-Newton phase is its iteration count through the curved region before the maximum
+# (scipy's BFGS from the same switch point needs as many); memory seeded with EM's secant
+# pairs, stricter line-search curvature, an earlier switch and fewer line-search steps did
+# not lower it (issue #18).
 LBFGS_MEMORY = 40
-LBFGS_MAX_MEMORY = 100
-# Tried on 12 of those random problems (plain EM 150..1000 E-steps; 583 evaluations in
-# all) and rejected: seeding L-BFGS's memory with the secant pairs of EM's last 1 or 3
-# steps (a gradient at each EM iterate): 594 / 608, and with 3 pairs one run ended below
-# plain EM; a stricter curvature condition in the line search (curv_rtol 0.5 / 0.1 instead
-# of 0.9): 662 / 1139; MIN_EM_ITER 2 or 3: 579 (EM has rarely stalled before iteration 5);
-# at most 10 line-search steps: 583. Each L-BFGS iteration costs 1.1 evaluations on
-# average; the cost is the iterations through the curved region between a rough start
-# and the maximum (scipy's BFGS from the same switch point needs as many).
 MAX_LINESEARCH_STEPS = 30
 
 
@@ -296,9 +287,8 @@ def run_lbfgs_phase(loss_fn, state: LbfgsPhaseState, config: FitConfig, *, tol, 
     run_em's, on the objective (-loss) or on the params (`to_params(u)`); each iteration
     reports the objective it ends at to config.progress.
     """
-    n_coordinates = sum(leaf.size for leaf in jax.tree.leaves(state.u))
     optimizer = optax.lbfgs(
-        memory_size=min(max(n_coordinates, LBFGS_MEMORY), LBFGS_MAX_MEMORY),
+        memory_size=LBFGS_MEMORY,
         linesearch=optax.scale_by_zoom_linesearch(
             max_linesearch_steps=MAX_LINESEARCH_STEPS, initial_guess_strategy="one"
         ),

@@ -276,16 +276,7 @@ def prepare(model: Any, X: Any, sample_weight: Any) -> tuple[MissingValues, Any,
     block_size, cost = choose_block_size(sizes)
     if cost > BLOCK_WASTE * sizes.sum():
         block_size = 0  # per row, in groups of one width
-    # Complete rows, then each pattern's rows (padded to a multiple of block_size by
-    # repeating its last row with weight 0).
-    order = [np.flatnonzero(group == 0)]
-    is_pad = [np.zeros(order[0].size, bool)]
-    for p, size in enumerate(sizes, start=1):
-        rows = np.flatnonzero(group == p)
-        extra = -size % block_size if block_size else 0
-        order.append(np.concatenate([rows, np.full(extra, rows[-1])]))
-        is_pad.append(np.arange(size + extra) >= size)
-    order, is_pad = np.concatenate(order), np.concatenate(is_pad)
+    order, is_pad = pattern_order(group, block_size)
     widths, counts = np.unique(n_missing[n_missing > 0], return_counts=True)
     groups = () if block_size else tuple((int(w), int(c)) for w, c in zip(widths, counts))
     weights = sample_weight
@@ -298,6 +289,22 @@ def prepare(model: Any, X: Any, sample_weight: Any) -> tuple[MissingValues, Any,
     n_complete = int(np.sum(n_missing == 0))
     wrapped = MissingValues(model, n_complete, max(int(n_missing.max()), 1), patterns, block_size, groups)
     return wrapped, np.asarray(X)[order], weights
+
+
+def pattern_order(group: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(order, is_pad): the rows by pattern id group (n,) (stable: the data's order within a
+    pattern), each pattern but 0 (the complete rows) padded to a multiple of block_size (0:
+    not padded) by repeating its last row, and which entries of order are such copies."""
+    counts = np.bincount(group)
+    padded = counts.copy()
+    if block_size:
+        padded[1:] += -counts[1:] % block_size
+    by_pattern = np.argsort(group, kind="stable")
+    pattern = np.repeat(np.arange(counts.size), padded)
+    within = np.arange(padded.sum()) - np.repeat(np.cumsum(padded) - padded, padded)
+    starts = np.cumsum(counts) - counts
+    order = by_pattern[starts[pattern] + np.minimum(within, counts[pattern] - 1)]
+    return order, within >= counts[pattern]
 
 
 BLOCK_SIZES = (8, 16, 32, 64, 128, 256)

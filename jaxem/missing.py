@@ -20,8 +20,9 @@ per-pattern coefficients (conditional_gaussian.blocked_e_step); when padding and
 overhead would cost more than BLOCK_WASTE times the rows (many patterns of few rows, as at
 larger D), each group of rows missing W entries takes a per-row E-step of width W, one GEMM
 plus O(K (D + W^2)) per row (conditional_gaussian.width_e_step). Either way each pattern's
-block is factorised once. For diagonal covariances no pattern matters (missing coordinates are independent of the
-observed ones given the component) and it is one GEMM each way (diagonal_e_step).
+block is factorised once. For diagonal covariances no pattern matters (missing coordinates
+are independent of the observed ones given the component) and it is one GEMM each way
+(diagonal_e_step).
 Inside a user's jit the patterns are unknown: every row takes the per-row conditional
 E-step with W = D. With an explicit chunk_size, a chunk of complete rows takes the base
 E-step and any other chunk the per-row one (one `lax.cond` per chunk).

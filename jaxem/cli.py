@@ -367,7 +367,8 @@ def information_criteria(model, params, X) -> tuple[float, float]:
 
 def select_components(X, k_values, covariance_type, n_restarts, seed, max_iter, tol):
     """jaxem.select over K in k_values (full fits of Gaussian mixtures, all K as one
-    compiled program); returns the Selection with its fits copied to the host."""
+    compiled program); returns the Selection copied to the host (formatting indexes it
+    many times, each an XLA dispatch on jax arrays)."""
     import jax
 
     import jaxem
@@ -376,8 +377,7 @@ def select_components(X, k_values, covariance_type, n_restarts, seed, max_iter, 
         lambda k: jaxem.GaussianMixture(k, covariance_type=covariance_type), X, key=jax.random.key(seed),
         n_components=k_values, n_restarts=n_restarts, max_iter=max_iter, tol=tol,
     )
-    fits = jax.device_get(selection.fits)
-    return selection._replace(fits=fits, best=fits[list(selection.n_components).index(selection.best_n_components)])
+    return jax.device_get(selection)
 
 
 def bic_table(selection) -> tuple[str, dict]:

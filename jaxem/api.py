@@ -126,9 +126,9 @@ def fit(
         (missing at random), latent variables of EM: the E-step takes their conditional
         expectations given each row's observed entries, and the objective is the
         log-likelihood of the observed entries (jaxem.missing). For models with Gaussian
-        components: GaussianMixture (every covariance type), FactorAnalysis, PPCA (a row or
-        column with every entry missing is an error) and GaussianHMM (a step may miss
-        every entry). inf is always an error.
+        components: GaussianMixture (every covariance type), FactorAnalysis, PPCA,
+        MixtureOfFactorAnalyzers (a row or column with every entry missing is an error)
+        and GaussianHMM (a step may miss every entry). inf is always an error.
     Returns:
       FitResult of the best restart, with every run in `.restarts`.
     Raises:

@@ -7,7 +7,8 @@ moments, the model's closed-form M-step is unchanged, and the objective is the
 log-likelihood of the observed entries.
 
 `MissingValues` wraps a model with Gaussian components (GaussianMixture of any covariance
-type, FactorAnalysis, PPCA: those with `gaussian_components` and `statistics_from_moments`)
+type, FactorAnalysis, PPCA, MixtureOfFactorAnalyzers: those with `gaussian_components` and
+`statistics_from_moments`)
 into a jaxem.protocol.Model, so the engine (restarts, chunking, acceleration, implicit
 gradients, progress) runs it unchanged. Complete rows keep the base model's own E-step
 (the GEMM path of a Gaussian mixture); only incomplete rows take the conditional one.
@@ -256,7 +257,8 @@ def prepare(model: Any, X: Any, sample_weight: Any) -> tuple[MissingValues, Any,
         if not callable(getattr(model, hook, None)):
             raise TypeError(
                 f'missing="em" needs a model with Gaussian components (GaussianMixture, '
-                f"FactorAnalysis, PPCA, GaussianHMM); {type(model).__name__} has no {hook}."
+                f"FactorAnalysis, PPCA, MixtureOfFactorAnalyzers, GaussianHMM); "
+                f"{type(model).__name__} has no {hook}."
             )
     if validation.is_traced(X):
         return MissingValues(model, 0, validation.as_data(X, allow_nan=True).shape[1]), X, sample_weight

@@ -34,6 +34,14 @@ Rubin & Thayer's.
 Numerics as the other mixtures: n_k gets 10 eps added, so a component that loses all its
 points keeps its mean, gets zero loadings and a weight near zero — finite, never NaN.
 
+Missing values (`jaxem.fit(..., missing="em")`, jaxem.missing). A row with NaN entries
+conditions every component on its observed coordinates (Sigma_k restricted to them) for
+its responsibilities and log-likelihood, and contributes the expected moments of x given
+x_o and k about c_k (conditional means in place of the missing entries, plus their
+conditional covariance to S_k). The M-step above is linear in the moments of x
+(E[z | x, k] = beta_k (x - c_k)), so it is unchanged and the iteration is exact EM with
+x_m and z both latent; the objective is the observed-data log-likelihood.
+
 Starts. Responsibilities from `init` (jaxem.init: "kmeans++", "random",
 "random_from_data"), then the responsibility-weighted means, noise variances half the pooled
 within-component variance of each feature (per component: the same for every component),
@@ -181,6 +189,29 @@ class MixtureOfFactorAnalyzers(MixtureModel):
 
     def _with_canonical_loadings(self, params: MixtureOfFactorAnalyzersParams) -> MixtureOfFactorAnalyzersParams:
         return params._replace(loadings=jax.vmap(canonical_loadings)(params.loadings, self._noise(params)))
+
+    # --- missing values (jaxem.missing) -------------------------------------------------------
+    def gaussian_components(self, params) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(log weights (K,), means (K, D), covariances W_k W_k^T + Psi_k (K, D, D)): the
+        E-step of a row with missing entries conditions each component on its observed
+        coordinates (jaxem.missing)."""
+        params = params.params if isinstance(params, ComponentTerms) else params
+        return self.log_weights(params), params.means, self.covariances(params)
+
+    def statistics_from_moments(
+        self, counts: jax.Array, centred_sums: jax.Array, centred_squares: jax.Array
+    ) -> MixtureOfFactorAnalyzersStats:
+        """Statistics from expected moments about the component means (K,), (K, D), (K, D, D).
+        The M-step is linear in the moments of x (E[z | x, k] = beta_k (x - c_k)), so with
+        the missing entries' expected moments it is the exact EM step with x_m and z latent."""
+        return MixtureOfFactorAnalyzersStats(counts, centred_sums, centred_squares)
+
+    def impute(self, params, X: Any) -> tuple[jax.Array, jax.Array]:
+        """(X with NaN entries replaced by E[x_m | x_o] (n, D), Cov[x | x_o] (n, D, D)); see
+        jaxem.missing.impute."""
+        from jaxem.missing import impute
+
+        return impute(self, params, X)
 
     # --- initialisation -----------------------------------------------------------------------
     def init_params_among(self, key, X, sample_weight, method, chunk_size, active):

@@ -102,7 +102,10 @@ class MissingValues(Model):
 
     def as_data(self, X: Any) -> cg.PartialRows:
         """PartialRows of X (NaN = missing) with each row's index into `patterns`; see
-        `partial_rows`."""
+        `partial_rows`. PartialRows pass through unchanged (jaxem.select makes them once,
+        outside its program, where the patterns can be looked up)."""
+        if isinstance(X, cg.PartialRows):
+            return X
         rows = partial_rows(X, self.width)
         self.base.check_data(rows.values)
         if self.patterns and not validation.is_traced(rows.values):

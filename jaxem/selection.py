@@ -8,6 +8,11 @@ M-step's weights are renormalised over the active ones. Everything else about th
 that of `jaxem.fit(model_factory(K), X, ...)`: the first K k-means++ centers do not
 depend on K_max, so with init="kmeans++" each K's fit equals its separate fit, to rounding
 (tested). One compiled program serves every K; vmapped fits retire each K at its own stop.
+
+With `missing="em"` the masked mixture is wrapped as `jaxem.fit` wraps a model
+(jaxem.missing.prepare, outside the program, so that the rows are ordered and their
+missingness patterns known once for every K), and the criteria use the observed-data
+log-likelihood.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxem import missing as missing_lib
 from jaxem import parallel, units, validation
 from jaxem.api import fit
 from jaxem.core import FitResult
@@ -99,6 +105,20 @@ class MaskedMixture(Model):
         new_params, m_state = self.model.maximize(stats, params, m_state, data, sample_weight)
         return self.restrict(new_params), m_state
 
+    # --- jaxem.missing's hooks, for models that have them (select checks) -----------------------
+    def check_data(self, X):
+        self.model.check_data(X)
+
+    def gaussian_components(self, params):
+        return self.model.gaussian_components(params)
+
+    def statistics_from_moments(self, counts, centred_sums, centred_squares):
+        return self.model.statistics_from_moments(counts, centred_sums, centred_squares)
+
+    @property
+    def diagonal_covariances(self) -> bool:
+        return bool(getattr(self.model, "diagonal_covariances", False))
+
 
 class Selection(NamedTuple):
     """Outcome of `select`.
@@ -132,6 +152,7 @@ def select(
     criterion: str = "bic",
     n_restarts: int = 1,
     sample_weight: Any = None,
+    missing: str | None = None,
     **fit_options,
 ) -> Selection:
     """Fit model_factory(K) for every K in n_components as one program; pick K by criterion.
@@ -143,6 +164,9 @@ def select(
         tol, init, chunk_size, ...) as jaxem.fit takes them, used for every K.
       n_components: candidate numbers of components (positive ints).
       criterion: "bic" or "aic", computed from the plain log-likelihood (no prior term).
+      missing: None or "em", as jaxem.fit takes it: with "em", NaN entries of X are missing
+        values, every K is fitted as `jaxem.fit(model_factory(K), X, missing="em")` and the
+        criteria use the observed-data log-likelihood (n: the rows of X).
     Returns:
       Selection. With init="kmeans++" (the default) each K's fit equals its separate fit.
     Raises:
@@ -156,13 +180,27 @@ def select(
     largest = model_factory(candidates[-1])
     if not isinstance(largest, MixtureModel) or largest.n_components != candidates[-1]:
         raise ValueError("model_factory(K) must return a mixture (jaxem.models.mixture.MixtureModel) of K components.")
-    data = largest.as_data(X)
+    if missing_lib.check_missing(missing) == "em":
+        wrapped, ordered, sample_weight = missing_lib.prepare(largest, X, sample_weight)
+        data = wrapped.as_data(ordered)  # ordered may hold padding copies of rows (weight 0)
+        n_samples, n_features = np.shape(X)[0], data.values.shape[1]
+        # as jaxem.fit: blocks of one pattern bound the memory, chunks would be per row
+        if fit_options.get("chunk_size", "auto") == "auto":
+            fit_options["chunk_size"] = None
+    else:
+        wrapped, data = None, largest.as_data(X)
+        n_samples, n_features = data.shape
     weights = validation.as_sample_weight(sample_weight, units.n_units(data), units.float_dtype(data))
-    masked = MaskedMixture(largest, jnp.asarray(candidates[-1]), component_leaves(model_factory, candidates[-1], data))
+    values = data if wrapped is None else data.values
+    masked = MaskedMixture(largest, jnp.asarray(candidates[-1]), component_leaves(model_factory, candidates[-1], values))
+
+    def masked_model(n_active):
+        model = dataclasses.replace(masked, n_active=n_active)
+        return model if wrapped is None else dataclasses.replace(wrapped, base=model)
 
     def fit_all(data, weights, key):
         def fit_k(n_active):
-            model = dataclasses.replace(masked, n_active=n_active)
+            model = masked_model(n_active)
             result = fit(model, data, key=key, n_restarts=n_restarts, sample_weight=weights, **fit_options)
             _, total = parallel.e_step(model, result.params, data, weights)
             return result, total
@@ -177,10 +215,9 @@ def select(
         return fits, totals
 
     fits, totals = jax.jit(fit_all)(data, weights, key)
-    n, n_features = data.shape
     params_counts = np.array([model_factory(k).n_parameters(n_features) for k in candidates])
     totals = np.asarray(totals)
-    bic = -2.0 * totals + params_counts * np.log(n)
+    bic = -2.0 * totals + params_counts * np.log(n_samples)
     aic = -2.0 * totals + 2.0 * params_counts
     chosen = int(np.argmin(bic if criterion == "bic" else aic))
     best_k = candidates[chosen]

@@ -36,6 +36,17 @@ def test_london_deaths_published_optimum_in_few_evaluations(name, use_jit):
     assert int(result.n_decreases) == 0
 
 
+@pytest.mark.parametrize("name", sorted(RUNNERS))
+def test_london_deaths_published_optimum_from_a_start_with_a_zero_count_cluster(name):
+    # k-means++ with key 3 gives the days without deaths a cluster of their own. Its rate
+    # at the floor 1e-10 made quasi-Newton stop at the zero-inflated fit, -log L = 1994.05.
+    model = jaxem.PoissonMixture(2)
+    start = model.init_params(jax.random.key(3), LONDON_COUNTS, LONDON_FREQUENCIES, "kmeans++")
+    result = RUNNERS[name](model, start, LONDON_COUNTS, LONDON_FREQUENCIES, max_iter=500, tol=1e-11)
+    assert bool(result.converged)
+    assert abs(london_neg_loglik(result) - LONDON_OPTIMUM_NEG_LOGLIK) < 1e-6
+
+
 def test_plain_em_on_london_needs_thousands_of_evaluations():
     result = run_em(jaxem.PoissonMixture(2), LONDON_START, LONDON_COUNTS, LONDON_FREQUENCIES, max_iter=5000, tol=1e-11)
     assert int(result.n_evals) == int(result.n_iter) + 1 > 1000

@@ -19,6 +19,10 @@ from jaxem import validation
 from jaxem.models import checks
 from jaxem.models.mixture import MixtureModel
 
+# A start's rates are at least this fraction of their feature's weighted mean (see
+# PoissonMixture.params_from_resp_t).
+START_RATE_FRACTION = 0.1
+
 
 class PoissonMixtureParams(NamedTuple):
     """weights: (K,) mixing proportions; rates: (K, D) Poisson means per component and feature."""
@@ -84,6 +88,22 @@ class PoissonMixture(MixtureModel):
     def params_from_resp(self, X: jax.Array, resp: jax.Array) -> PoissonMixtureParams:
         """One M-step from weighted responsibilities (n_samples, K)."""
         return self.m_step(self.statistics(None, X, resp), None)
+
+    def params_from_resp_t(self, X: jax.Array, resp_t: jax.Array, chunk_size: int | None = None) -> PoissonMixtureParams:
+        """Starting params from weighted responsibilities (K, n_samples): one M-step, then
+        every rate raised to at least START_RATE_FRACTION of its feature's weighted mean.
+
+        A hard start (k-means++) can give a component only zero counts, so a rate at the
+        floor min_rate. Near the floor EM raises a rate by a few percent per iteration (the
+        London deaths data: 9%, hundreds of iterations from 1e-9), a loglik change per
+        iteration below any useful tol, and L-BFGS in log-rate coordinates sees no
+        gradient: from such starts accelerated fits stopped at -log L = 1994.05, the
+        zero-inflated fit, instead of the optimum 1989.95 (issue #18). A feature with no
+        counts at all keeps the floor.
+        """
+        params = self.params_from_resp(X, resp_t.T)
+        mean = jnp.sum(resp_t @ X, axis=0) / jnp.sum(resp_t)
+        return params._replace(rates=jnp.maximum(params.rates, START_RATE_FRACTION * mean))
 
     def params_from_dict(self, values: dict, n_features: int, dtype: Any) -> PoissonMixtureParams:
         """Validated params from a dict with keys weights (K,) and rates (K, D), rates > 0."""

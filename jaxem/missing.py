@@ -32,11 +32,13 @@ E-step and any other chunk the per-row one (one `lax.cond` per chunk).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import logsumexp
 
 from jaxem import validation
 from jaxem.models import conditional_gaussian as cg
@@ -383,17 +385,62 @@ def check_missing_pattern(missing: np.ndarray) -> int:
     return int(missing.sum(axis=1).max(initial=0))
 
 
+def rows_to_predict(X: Any) -> cg.PartialRows:
+    """PartialRows of X (n, D), NaN where missing, for predictions under fitted params: as
+    `partial_rows` with the width the rows need, but a row or a column with every entry
+    missing is allowed (such a row gets the model's marginal: its weights, its means).
+
+    Raises:
+      ValueError: as validation.as_data for anything but NaN (inf included).
+    """
+    values = validation.as_data(X, allow_nan=True)
+    width = values.shape[1]
+    if not validation.is_traced(values):
+        width = max(int(np.isnan(np.asarray(values)).sum(axis=1).max(initial=0)), 1)
+    return _partial_rows(values, width)
+
+
+def posterior(model: Any, params: Any, X: Any) -> tuple[jax.Array, jax.Array]:
+    """p(z=k | x_o) and log p(x_o) of the rows of X under a fitted model with Gaussian
+    components: each component's density on the row's observed coordinates (the marginal
+    density; jaxem.models.conditional_gaussian).
+
+    Args:
+      X: (n_samples, n_features), NaN where missing.
+    Returns:
+      (probabilities (n, K), log_density (n,)); K = 1 for FactorAnalysis and PPCA.
+    """
+    return _posterior_rows(model, params, rows_to_predict(X))
+
+
+@jax.jit
+def _posterior_rows(model: Any, params: Any, rows: cg.PartialRows) -> tuple[jax.Array, jax.Array]:
+    components = cg.gaussian_components(*model.gaussian_components(params))
+    log_joint, _ = cg.observed_log_joint(components, rows)
+    log_density = logsumexp(log_joint, axis=1)
+    return jnp.exp(log_joint - log_density[:, None]), log_density
+
+
+def information_criteria(model: Any, params: Any, X: Any) -> tuple[float, float]:
+    """(BIC, AIC) of the rows X (n, D), NaN where missing, from the observed-data
+    log-likelihood L (`posterior`): -2 L + p log n and -2 L + 2 p, p = model.n_parameters(D)."""
+    log_likelihood = float(jnp.sum(posterior(model, params, X)[1]))
+    n_samples, n_features = np.shape(X)
+    n_parameters = model.n_parameters(n_features)
+    return -2.0 * log_likelihood + n_parameters * math.log(n_samples), -2.0 * log_likelihood + 2.0 * n_parameters
+
+
 def impute(model: Any, params: Any, X: Any) -> tuple[jax.Array, jax.Array]:
     """Conditional means of the missing entries of X given its observed ones under a fitted
     model with Gaussian components, and their conditional covariances.
 
     Args:
-      X: (n_samples, n_features), NaN where missing.
+      X: (n_samples, n_features), NaN where missing (`rows_to_predict`).
     Returns:
       (X_imputed (n, D): X with every NaN replaced by E[x_m | x_o]; covariances (n, D, D):
       Cov[x | x_o], zero in every row and column of an observed entry).
     """
-    return _impute_rows(model, params, partial_rows(X, None))
+    return _impute_rows(model, params, rows_to_predict(X))
 
 
 @jax.jit

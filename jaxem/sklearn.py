@@ -50,6 +50,13 @@ on, and translate the result into scikit-learn's conventions:
 * `max_iter=0` gives the starting params, as in scikit-learn.
 * Fitted arrays and outputs are NumPy. Fits run in the data's float dtype; float64 needs
   `jax.config.update("jax_enable_x64", True)`, without which JAX computes in float32.
+* `missing="em"` (GaussianMixture, MixtureOfFactorAnalyzers; default None, NaN is an
+  error as in scikit-learn): NaN entries are missing values and `fit` is
+  `jaxem.fit(..., missing="em")`; rows with NaN are predicted and scored on their
+  observed coordinates (`jaxem.missing.posterior`: p(z | x_o), log p(x_o)), `bic`/`aic`
+  from that log-likelihood, and `impute(X)` fills NaN with E[x_m | x_o]. Starts drawn
+  outside jaxem.fit ("kmeans", user values) see the missing entries at their column
+  means. The `allow_nan` tag follows the parameter.
 * `sample` draws with jaxem (labels in random order; scikit-learn groups them).
 * Rows are padded to a few sizes so that data sets of nearby sizes share compiled
   programs (`_bucket`).
@@ -79,16 +86,21 @@ except ImportError as err:  # pragma: no cover - tested with sklearn hidden from
 
 try:
     from sklearn.utils.validation import validate_data as _validate_data
+
+    _ALLOW_NAN = {"ensure_all_finite": "allow-nan"}
 except ImportError:  # scikit-learn < 1.6
 
     def _validate_data(estimator, X, **kwargs):
         return estimator._validate_data(X, **kwargs)
+
+    _ALLOW_NAN = {"force_all_finite": "allow-nan"}
 
 
 import jax
 import jax.numpy as jnp
 
 import jaxem
+from jaxem import missing as _missing
 from jaxem.models import checks as _checks
 
 __all__ = [
@@ -184,6 +196,16 @@ def _sample(model, key, params, n_samples, design=None):
 @jax.jit
 def _params_from_resp(model, X, resp):
     return model.params_from_resp(X, resp)
+
+
+def _impute(estimator, model, params, X):
+    """X (NaN where missing) with every NaN replaced by E[x_m | x_o] under a fitted model
+    with Gaussian components (`jaxem.missing.impute`), as NumPy: the estimators' `impute`."""
+    X = _validate_data(estimator, X, reset=False, dtype=[np.float64, np.float32], **_ALLOW_NAN)
+    return np.array(_missing.impute(model, params, X)[0])
+
+
+_MISSING = [StrOptions({"em"}), None]
 
 
 def _random_key(random_state, rng=None):
@@ -295,6 +317,15 @@ class _BaseMixture(DensityMixin, BaseEstimator):
     def _fields(self):
         return self._params_class._fields
 
+    def _missing(self):
+        """jaxem.fit's `missing`: the estimator's parameter, None for families without it."""
+        return getattr(self, "missing", None)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = self._missing() == "em"
+        return tags
+
     def _model_kwargs(self, X=None):
         """The jaxem model's arguments besides n_components; X: the training data in fit."""
         return {}
@@ -344,6 +375,8 @@ class _BaseMixture(DensityMixin, BaseEstimator):
     # --- fitting -----------------------------------------------------------------------
     def _validate_X(self, X, reset):
         extra = {"ensure_min_samples": 2} if reset else {}
+        if self._missing() == "em":
+            extra.update(_ALLOW_NAN)
         return self._prepare(_validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], **extra))
 
     def _kmeans_start(self, model, X, sample_weight, data, rng):
@@ -385,6 +418,10 @@ class _BaseMixture(DensityMixin, BaseEstimator):
             )
         self._check_fit_data(X)
         data = _padded_rows_and_weights(X, sample_weight)
+        missing = "em" if np.isnan(data[0]).any() else None  # only with self.missing == "em"
+        # Starts made here (KMeans, jaxem's draw next to user values) from the rows with
+        # missing entries at their column means, as jaxem.fit's own starts.
+        start_data = data if missing is None else (np.asarray(_missing.partial_rows(data[0], None).values), data[1])
         model = self._make_model(X)
         user = self._user_start(X)
         warm = bool(self.warm_start) and hasattr(self, "converged_")
@@ -396,10 +433,13 @@ class _BaseMixture(DensityMixin, BaseEstimator):
         elif len(user) == len(self._fields):
             starts = [user]
         elif self.init_params == "kmeans":
-            starts = [{**self._kmeans_start(model, X, sample_weight, data, rng), **user} for _ in range(n_init)]
+            starts = [
+                {**self._kmeans_start(model, start_data[0][:n_samples], sample_weight, start_data, rng), **user}
+                for _ in range(n_init)
+            ]
         elif user or self.max_iter == 0:
             keys = jax.random.split(_random_key(self.random_state, rng), n_init)
-            starts = [{**self._method_start(model, data, key), **user} for key in keys]
+            starts = [{**self._method_start(model, start_data, key), **user} for key in keys]
         else:
             starts = None  # drawn by jaxem.fit, vmapped
         for start in starts or ():
@@ -413,7 +453,7 @@ class _BaseMixture(DensityMixin, BaseEstimator):
         def fit_runs(init, n_restarts=1, max_iter=int(self.max_iter), key=jax.random.key(0)):
             result = jaxem.fit(
                 model, data[0], key=key, n_restarts=n_restarts, max_iter=max_iter, tol=float(self.tol),
-                init=init, sample_weight=data[1], **self._fit_options(),
+                init=init, sample_weight=data[1], missing=missing, **self._fit_options(),
             )
             return _runs(result, self._fields)
 
@@ -488,11 +528,17 @@ class _BaseMixture(DensityMixin, BaseEstimator):
         return X
 
     def _evaluate(self, X):
-        """(labels, posterior probabilities, log-densities) of the rows of X."""
+        """(labels, posterior probabilities, log-densities) of the rows of X; with missing
+        entries (missing="em") those of their observed coordinates."""
         model, params = self._fitted()
         X = self._predict_data(X)
         n_samples = X.shape[0]
-        outputs = _evaluate(model, params, jnp.asarray(_pad_rows(X, _bucket(n_samples))))
+        padded = jnp.asarray(_pad_rows(X, _bucket(n_samples)))
+        if np.isnan(X).any():
+            probabilities, log_density = _missing.posterior(model, params, padded)
+            outputs = (jnp.argmax(probabilities, axis=1), probabilities, log_density)
+        else:
+            outputs = _evaluate(model, params, padded)
         return [np.array(np.asarray(output)[:n_samples]) for output in outputs]
 
     def predict(self, X):
@@ -511,15 +557,21 @@ class _BaseMixture(DensityMixin, BaseEstimator):
         """Mean per-sample log-likelihood of X, a float."""
         return float(np.mean(self.score_samples(X)))
 
+    def _information_criteria(self, X):
+        """(BIC, AIC) on X; with missing entries from the observed-data log-likelihood."""
+        model, params = self._fitted()
+        X = self._predict_data(X)
+        if np.isnan(X).any():
+            return _missing.information_criteria(model, params, X)
+        return _criteria(model, params, jnp.asarray(X))
+
     def bic(self, X):
         """Bayesian information criterion on X (lower is better)."""
-        model, params = self._fitted()
-        return float(_criteria(model, params, jnp.asarray(self._predict_data(X)))[0])
+        return float(self._information_criteria(X)[0])
 
     def aic(self, X):
         """Akaike information criterion on X (lower is better)."""
-        model, params = self._fitted()
-        return float(_criteria(model, params, jnp.asarray(self._predict_data(X)))[1])
+        return float(self._information_criteria(X)[1])
 
     def _n_parameters(self):
         """Free parameters of the model, as BIC/AIC count them."""
@@ -556,7 +608,8 @@ class GaussianMixture(_BaseMixture):
 
     Parameters and defaults are scikit-learn's (`sklearn.mixture.GaussianMixture`); how they
     map onto jaxem is in the `jaxem.sklearn` module docstring. `fit` also accepts
-    `sample_weight`.
+    `sample_weight`. Besides scikit-learn's: missing (None or "em": NaN entries are missing
+    values, fitted by EM and predicted from the observed coordinates; `impute`).
 
     Attributes
     ----------
@@ -578,6 +631,7 @@ class GaussianMixture(_BaseMixture):
         "reg_covar": [Interval(numbers.Real, 0.0, None, closed="left")],
         "means_init": ["array-like", None],
         "precisions_init": ["array-like", None],
+        "missing": _MISSING,
     }
 
     def __init__(
@@ -597,6 +651,7 @@ class GaussianMixture(_BaseMixture):
         warm_start=False,
         verbose=0,
         verbose_interval=10,
+        missing=None,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -612,9 +667,14 @@ class GaussianMixture(_BaseMixture):
         self.warm_start = warm_start
         self.verbose = verbose
         self.verbose_interval = verbose_interval
+        self.missing = missing
 
     def _model_kwargs(self, X=None):
         return {"covariance_type": self.covariance_type, "reg_covar": float(self.reg_covar)}
+
+    def impute(self, X):
+        """X with every NaN replaced by E[x_m | x_o] under the fitted mixture: (n_samples, n_features)."""
+        return _impute(self, *self._fitted(), X)
 
     def _start_shapes(self, X):
         k, d = int(self.n_components), X.shape[1]

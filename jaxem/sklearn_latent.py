@@ -33,6 +33,10 @@ follows is about the others:
   start an HMM fit is hmmlearn's (jaxem's tests).
 * Fitted arrays are NumPy. Fits run in the data's float dtype; float64 needs
   `jax.config.update("jax_enable_x64", True)`.
+* `missing="em"` (FactorAnalysis, PPCA, and MixtureOfFactorAnalyzers as jaxem.sklearn's
+  GaussianMixture): NaN entries are missing values, fitted by `jaxem.fit(...,
+  missing="em")`; `transform` is E[z | x_o], `score_samples` log p(x_o), `impute` fills NaN
+  with E[x_m | x_o]; the `allow_nan` tag follows the parameter.
 """
 
 from __future__ import annotations
@@ -53,13 +57,17 @@ import jax
 import jax.numpy as jnp
 
 import jaxem
+from jaxem import missing as _missing
 from jaxem.config import ACCELERATIONS
 from jaxem.sklearn import (
     _ARRAY,
     _COMMON_PARAMETERS,
     _NON_NEGATIVE,
+    _ALLOW_NAN,
+    _MISSING,
     _OtherMixture,
     _bucket,
+    _impute,
     _init_params,
     _pad_rows,
     _padded_rows_and_weights,
@@ -92,6 +100,7 @@ class _FactorEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
         "accelerate": _ACCELERATE,
         "random_state": ["random_state"],
+        "missing": _MISSING,
     }
 
     def _n_latent(self, n_features):
@@ -122,7 +131,7 @@ class _FactorEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         self
         """
         self._validate_params()
-        X = _validate_data(self, X, reset=True, dtype=[np.float64, np.float32], ensure_min_samples=2)
+        X = self._validate_X(X, reset=True, ensure_min_samples=2)
         n_samples, n_features = X.shape
         n_latent = self._n_latent(n_features)
         self._check_n_latent(n_latent, n_features)
@@ -131,17 +140,20 @@ class _FactorEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         total = float(np.sum(weights))
         if not total > 0:
             raise ValueError("sample_weight must have a positive sum.")
+        missing = "em" if np.isnan(data).any() else None  # only with self.missing == "em"
+        # A start made here sees the missing entries at their column means, as jaxem.fit's own.
+        start_data = data if missing is None else _missing.partial_rows(data, None).values
         model = self._make_model()
         key = _random_key(self.random_state)
         options = dict(max_iter=int(self.max_iter), tol=float(self.tol) / total, sample_weight=weights,
-                       accelerate=self.accelerate)
+                       accelerate=self.accelerate, missing=missing)
         noise = self._user_noise(n_features, X.dtype)
         if noise is None:
             result = jaxem.fit(model, data, key=key, n_restarts=int(self.n_init), **options)
         else:
             runs = []
             for run_key in jax.random.split(key, int(self.n_init)):
-                start = _init_params(model, run_key, jnp.asarray(data), jnp.asarray(weights), "kmeans++")._asdict()
+                start = _init_params(model, run_key, jnp.asarray(start_data), jnp.asarray(weights), "kmeans++")._asdict()
                 start[self._noise_field] = noise
                 runs.append(jaxem.fit(model, data, key=run_key, init=start, **options))
             finite = [run for run in runs if run.status != jaxem.Status.NON_FINITE] or runs
@@ -165,13 +177,31 @@ class _FactorEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         check_is_fitted(self)
         return self._make_model(), self._jaxem_params()
 
+    def _validate_X(self, X, reset, **kwargs):
+        if self.missing == "em":
+            kwargs.update(_ALLOW_NAN)
+        return _validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], **kwargs)
+
     def _evaluate(self, X):
-        """(E[z | x] (n_samples, n_components_), log p(x) (n_samples,)) of the rows of X."""
+        """(E[z | x] (n_samples, n_components_), log p(x) (n_samples,)) of the rows of X; of
+        their observed coordinates x_o where entries are missing (missing="em"): E[z | x_o]
+        is E[z | x] at E[x | x_o], E[z | x] being linear in x."""
         model, params = self._params()
-        X = _validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        X = self._validate_X(X, reset=False)
         n_samples = X.shape[0]
         padded = jnp.asarray(_pad_rows(X, _bucket(n_samples)), params.mean.dtype)
-        return [np.array(np.asarray(out)[:n_samples]) for out in _transform_and_density(model, params, padded)]
+        if np.isnan(X).any():
+            outputs = (
+                model.transform(params, _missing.impute(model, params, padded)[0]),
+                _missing.posterior(model, params, padded)[1],
+            )
+        else:
+            outputs = _transform_and_density(model, params, padded)
+        return [np.array(np.asarray(out)[:n_samples]) for out in outputs]
+
+    def impute(self, X):
+        """X with every NaN replaced by E[x_m | x_o] under the fitted Gaussian: (n_samples, n_features)."""
+        return _impute(self, *self._params(), X)
 
     def transform(self, X):
         """Posterior means of the latent variables, E[z | x]: (n_samples, n_components_)."""
@@ -201,6 +231,7 @@ class _FactorEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        tags.input_tags.allow_nan = self.missing == "em"
         return tags
 
 
@@ -225,6 +256,11 @@ class FactorAnalysis(_FactorEstimator):
     accelerate : {None, "squarem", "quasi_newton"}, default=None
         jaxem's accelerators; EM for factor analysis is slow near the optimum.
     random_state : int, RandomState or None, default=0
+    missing : {None, "em"}, default=None
+        "em": NaN entries are missing values (missing at random), fitted by EM
+        (`jaxem.fit(..., missing="em")`); `transform`, `score_samples` and `score` use each
+        row's observed coordinates (E[z | x_o], log p(x_o)) and `impute` fills NaN with
+        E[x_m | x_o]. None: NaN is an error, as in scikit-learn.
 
     Attributes
     ----------
@@ -247,7 +283,7 @@ class FactorAnalysis(_FactorEstimator):
     _parameter_constraints: dict = {**_FactorEstimator._parameter_constraints, "noise_variance_init": ["array-like", None]}
 
     def __init__(self, n_components=None, *, tol=1e-2, max_iter=1000, noise_variance_init=None, min_noise=1e-6,
-                 n_init=1, accelerate=None, random_state=0):
+                 n_init=1, accelerate=None, random_state=0, missing=None):
         self.n_components = n_components
         self.tol = tol
         self.max_iter = max_iter
@@ -256,6 +292,7 @@ class FactorAnalysis(_FactorEstimator):
         self.n_init = n_init
         self.accelerate = accelerate
         self.random_state = random_state
+        self.missing = missing
 
     def _n_latent(self, n_features):
         return n_features if self.n_components is None else int(self.n_components)
@@ -292,7 +329,7 @@ class PPCA(_FactorEstimator):
     ----------
     n_components : int or None, default=None
         The latent dimension q < n_features (None: n_features - 1).
-    tol, max_iter, min_noise, n_init, accelerate, random_state : as `FactorAnalysis`.
+    tol, max_iter, min_noise, n_init, accelerate, random_state, missing : as `FactorAnalysis`.
 
     Attributes
     ----------
@@ -314,7 +351,7 @@ class PPCA(_FactorEstimator):
     _noise_field = "noise_variance"
 
     def __init__(self, n_components=None, *, tol=1e-2, max_iter=1000, min_noise=1e-6, n_init=1, accelerate=None,
-                 random_state=0):
+                 random_state=0, missing=None):
         self.n_components = n_components
         self.tol = tol
         self.max_iter = max_iter
@@ -322,6 +359,7 @@ class PPCA(_FactorEstimator):
         self.n_init = n_init
         self.accelerate = accelerate
         self.random_state = random_state
+        self.missing = missing
 
     def _n_latent(self, n_features):
         return n_features - 1 if self.n_components is None else int(self.n_components)
@@ -366,6 +404,8 @@ class MixtureOfFactorAnalyzers(_OtherMixture):
         Floor on every fitted noise variance.
     accelerate : {None, "squarem", "quasi_newton"}, default=None
         jaxem's accelerators, passed on to `jaxem.fit`.
+    missing : {None, "em"}, default=None
+        "em": NaN entries are missing values, as in `jaxem.sklearn.GaussianMixture`.
     weights_init (K,), means_init (K, D), loadings_init (K, D, q), noise_variances_init
         ((D,) shared, (K, D) per component): starting values in jaxem's shapes (loadings
         are the transpose of components_); the others are drawn (`init_params`).
@@ -400,12 +440,13 @@ class MixtureOfFactorAnalyzers(_OtherMixture):
         "means_init": _ARRAY,
         "loadings_init": _ARRAY,
         "noise_variances_init": _ARRAY,
+        "missing": _MISSING,
     }
 
     def __init__(self, n_components=1, n_factors=1, *, noise_type="shared", min_noise=1e-6, tol=1e-3,
                  max_iter=100, n_init=1, init_params="k-means++", weights_init=None, means_init=None,
                  loadings_init=None, noise_variances_init=None, random_state=None, warm_start=False,
-                 accelerate=None, verbose=0, verbose_interval=10):
+                 accelerate=None, verbose=0, verbose_interval=10, missing=None):
         self._set_common(n_components, tol, max_iter, n_init, init_params, weights_init, random_state,
                          warm_start, verbose, verbose_interval)
         self.n_factors = n_factors
@@ -415,9 +456,14 @@ class MixtureOfFactorAnalyzers(_OtherMixture):
         self.loadings_init = loadings_init
         self.noise_variances_init = noise_variances_init
         self.accelerate = accelerate
+        self.missing = missing
 
     def _model_kwargs(self, X=None):
         return {"n_factors": int(self.n_factors), "noise_type": self.noise_type, "min_noise": float(self.min_noise)}
+
+    def impute(self, X):
+        """X with every NaN replaced by E[x_m | x_o] under the fitted mixture: (n_samples, n_features)."""
+        return _impute(self, *self._fitted(), X)
 
     def _fit_options(self):
         return {"accelerate": self.accelerate}

@@ -358,8 +358,11 @@ def test_mixture_of_regressions_sample():
 
 # --- (4) clone, pickle, get_params, set_params ---------------------------------------------------
 def test_get_params_are_sklearns():
-    """The constructor parameters and defaults are sklearn.mixture.GaussianMixture's."""
-    assert jsk.GaussianMixture().get_params() == sklearn.mixture.GaussianMixture().get_params()
+    """The constructor parameters and defaults are sklearn.mixture.GaussianMixture's, plus
+    jaxem's `missing` (None by default: NaN is an error, as in scikit-learn)."""
+    params = jsk.GaussianMixture().get_params()
+    assert params.pop("missing") is None
+    assert params == sklearn.mixture.GaussianMixture().get_params()
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda est: type(est).__name__)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxem import accel
+from jaxem.batching import RESTARTS
 from jaxem.config import FitConfig
 from jaxem.core import FitResult, Progress, Status, run_em
 
@@ -33,15 +34,17 @@ def run_restarts(
     """`runner_for(config)` vmapped over the leading (n_restarts) axis of init_params (and
     of `resume`, the restarts' core.Progress when continuing plain EM runs).
 
+    The vmap binds the axis name jaxem.batching.RESTARTS (kernels may read its size).
     Returns a FitResult whose fields all have a leading n_restarts axis.
     """
     runner = runner_for(config)
     if resume is None:
-        return jax.vmap(lambda params: runner(model, params, data, sample_weight, tol=tol, config=config))(init_params)
+        single = lambda params: runner(model, params, data, sample_weight, tol=tol, config=config)  # noqa: E731
+        return jax.vmap(single, axis_name=RESTARTS)(init_params)
     resumed = lambda params, progress: runner(  # noqa: E731
         model, params, data, sample_weight, tol=tol, config=config, resume=progress
     )
-    return jax.vmap(resumed)(init_params, resume)
+    return jax.vmap(resumed, axis_name=RESTARTS)(init_params, resume)
 
 
 def best_restart_index(restarts: FitResult) -> jax.Array:

@@ -166,6 +166,48 @@ def test_sequential_equals_parallel_in_a_jitted_vmap():
         )
 
 
+def batch_reference(log_initial, log_transition, log_emission, lengths, pair_weight):
+    """Posterior of a batch from the log-space sequential method, one sequence at a time,
+    with the transitions summed with pair_weight (numpy)."""
+    posts = [
+        forward_backward(log_initial, log_transition, e, n, method="sequential") for e, n in zip(log_emission, lengths)
+    ]
+    transitions = sum(w * np.asarray(p.transitions) for w, p in zip(pair_weight, posts) if w > 0)
+    return np.stack([p.marginals for p in posts]), transitions, np.array([p.log_likelihood for p in posts])
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+def test_scaled_batch_kernel_equals_log_space(time_major):
+    """The scaled kernel (method="auto" on CPU), alone (fused per-step products) and inside
+    the fit's named restart vmap with enough restarts for dot_general products
+    (sizes.HMM_DOT_MIN_MESSAGES), equals the log-space method; padding holds NaN."""
+    from jaxem import batching, sizes
+
+    log_initial, log_transition, log_emission, lengths = batch_problem()
+    log_emission = np.where(np.arange(50)[None, :, None] < lengths[:, None, None], log_emission, np.nan)
+    pair_weight = np.array([1.0, 0.0, 2.5, 1.0, 0.5])
+    marginals, transitions, log_lik = batch_reference(log_initial, log_transition, log_emission, lengths, pair_weight)
+    layout = (lambda a: np.swapaxes(a, 0, 1)) if time_major else (lambda a: a)
+
+    def posterior(log_transition):
+        return hmm_inference.batch_posterior(
+            log_initial, log_transition, layout(log_emission), lengths, pair_weight, "auto", time_major=time_major
+        )
+
+    restarts = -(-sizes.HMM_DOT_MIN_MESSAGES // log_emission[:, 0].size)
+    alone = jax.jit(posterior)(log_transition)
+    vmapped = jax.jit(jax.vmap(posterior, axis_name=batching.RESTARTS))(np.broadcast_to(log_transition, (restarts, 4, 4)))
+    uses_dot = []
+    jax.vmap(lambda x: uses_dot.append(hmm_inference._contract_by_dot(*log_emission[:, 0].shape)), axis_name=batching.RESTARTS)(
+        np.zeros(restarts)
+    )
+    assert uses_dot == [True] and not hmm_inference._contract_by_dot(*log_emission[:, 0].shape)
+    for post in (alone, jax.tree.map(lambda leaf: leaf[-1], vmapped)):
+        np.testing.assert_allclose(post.log_likelihood, log_lik, rtol=1e-12)
+        np.testing.assert_allclose(layout(np.asarray(post.marginals)), marginals, atol=1e-12)
+        np.testing.assert_allclose(post.transitions, transitions, atol=1e-11)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_gradients_of_log_likelihood_are_posterior_expectations(method):
     problem = (*random_problem(np.random.default_rng(5), 3, 7), 5)

@@ -171,6 +171,13 @@ def valid_steps(data: Sequences) -> jax.Array:
     return jnp.arange(data.observations.shape[1])[None, :] < data.lengths[:, None]
 
 
+def step_rows(data: Sequences) -> jax.Array:
+    """(max_len * n_sequences, D) the observations time-major (row t * S + s = step t of
+    sequence s): the layout of the E-step's emissions and marginals (the scaled
+    forward-backward scans over time, so it needs no transpose of a (S, T, K) array)."""
+    return jnp.swapaxes(data.observations, 0, 1).reshape(-1, data.observations.shape[-1])
+
+
 def rows_and_weights(data: Sequences, sample_weight: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Every step as a row, (S * T, D), and its weight: the sequence's weight, 0 if padded."""
     n_features = data.observations.shape[-1]
@@ -338,19 +345,19 @@ class HMMModel(Model):
         (a chunk's padding) adds exactly nothing."""
         prepared = self._prepared(params)
         p, factors = prepared
-        n_sequences, max_len, n_features = data.observations.shape
-        rows = data.observations.reshape(-1, n_features)
-        log_em = self.log_emission(p, factors, rows).reshape(n_sequences, max_len, -1)
+        n_sequences, max_len, _ = data.observations.shape
+        rows = step_rows(data)
+        log_em = self.log_emission(p, factors, rows).reshape(max_len, n_sequences, -1)
         used = sample_weight > 0
         w = jnp.where(used, sample_weight, 0.0)
         post = hmm_inference.batch_posterior(
-            safe_log(p.initial), safe_log(p.transition), log_em, data.lengths, w, self.method
+            safe_log(p.initial), safe_log(p.transition), log_em, data.lengths, w, self.method, time_major=True
         )
-        gamma = jnp.where(used[:, None, None], post.marginals, 0.0) * w[:, None, None]
+        gamma = jnp.where(used[:, None], post.marginals, 0.0) * w[:, None]
         log_lik = jnp.sum(jnp.where(used, w * post.log_likelihood, 0.0))
         gamma_rows = gamma.reshape(rows.shape[0], -1)
         emission = self.emission_statistics(p, rows, gamma_rows)
-        return HMMStats(jnp.sum(gamma[:, 0], axis=0), post.transitions, emission), log_lik
+        return HMMStats(jnp.sum(gamma[0], axis=0), post.transitions, emission), log_lik
 
     def log_prior(self, params: Any) -> jax.Array:
         """Dirichlet terms of the initial distribution and transition rows, plus the emission's."""

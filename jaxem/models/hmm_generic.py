@@ -25,7 +25,7 @@ import optax
 from jaxem import constraints as constraints_lib
 from jaxem import mstep, validation
 from jaxem.models import checks
-from jaxem.models.hmm import HMMModel, Sequences, check_fixed, check_method, check_prior, rows_and_weights
+from jaxem.models.hmm import HMMModel, Sequences, check_fixed, check_method, check_prior, rows_and_weights, step_rows
 from jaxem.models.latent_model import (
     _check_constraint_names,
     check_constraint_shapes,
@@ -115,7 +115,7 @@ class HMM(HMMModel):
         return None
 
     def emission_statistics(self, params: HMMParams, X: jax.Array, gamma: jax.Array) -> jax.Array:
-        """The weighted marginals of every step, (n_sequences * max_len, K)."""
+        """The weighted marginals of every step, (max_len * n_sequences, K) in hmm.step_rows order."""
         return gamma
 
     def emission_log_prior(self, params: HMMParams) -> jax.Array:
@@ -206,7 +206,7 @@ class HMM(HMMModel):
         closed, _ = super().maximize(stats._replace(emission=None), params, (), data, sample_weight)
         if "emission" in self.fixed:
             return closed, m_state
-        rows = data.observations.reshape(-1, data.observations.shape[-1])
+        rows = step_rows(data)  # the E-step's row order, that of gamma
         gamma = stats.emission
 
         def objective(emission):

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxem import batching, sizes
+
 AUTO_PARALLEL_MIN_LENGTH = 256
 """Padded length from which method="auto" picks the parallel scan on GPU/TPU.
 
@@ -160,7 +162,7 @@ def _transitions_parallel(matrices, alphas, betas, valid, log_likelihood):
 # beta_hat_t is beta_t rescaled to sum 1 at every step (any positive scale would do: the
 # marginals are alpha_hat_t * beta_hat_t normalised over states). The backward recursion
 # needs nothing from the forward one, so one lax.scan runs both, the forward at step t and
-# the backward at step T - t: half the sequential steps, each a few small fused loops (no
+# the backward at step T - 1 - t: half the sequential steps, each a few small fused loops (no
 # K x K exp or log per step, as the log-space scan has). The pair posteriors are summed
 # outside the scan in one GEMM over all steps and sequences:
 #   sum_t xi_t(i, j) = A_ij sum_t alpha_hat_{t-1}(i) p_t(j) beta_hat_t(j) / (c_t g_t),
@@ -172,74 +174,81 @@ def _transitions_parallel(matrices, alphas, betas, valid, log_likelihood):
 # such limit (hmmlearn's and dynamax's scaled algorithms share it).
 
 
-def _times_transition(alpha: jax.Array, transition: jax.Array) -> jax.Array:
-    """(S, K) alpha @ transition (K, K), as a broadcast multiply and reduce that XLA:CPU fuses
-    into one loop (a dot_general per scan step would pay a call's overhead at this size)."""
-    return jnp.sum(alpha[:, :, None] * transition, axis=1)
+def _times_transition(alpha: jax.Array, transition: jax.Array, by_dot: bool) -> jax.Array:
+    """(S, K) alpha @ transition (K, K): a dot_general if by_dot (full precision, no TF32 on
+    GPUs), else a broadcast multiply and reduce that XLA:CPU fuses into one loop (see
+    _contract_by_dot)."""
+    return jnp.matmul(alpha, transition, precision="highest") if by_dot else jnp.sum(alpha[:, :, None] * transition, axis=1)
 
 
-def _transition_times(values: jax.Array, transition: jax.Array) -> jax.Array:
+def _transition_times(values: jax.Array, transition: jax.Array, by_dot: bool) -> jax.Array:
     """(S, K) values @ transition.T: sum_j transition[i, j] values[s, j]."""
-    return jnp.sum(values[:, None, :] * transition, axis=2)
+    return jnp.matmul(values, transition.T, precision="highest") if by_dot else jnp.sum(values[:, None, :] * transition, axis=2)
+
+
+def _contract_by_dot(num_sequences: int, num_states: int) -> bool:
+    """Whether the scan's per-step products with the transition matrix are dot_generals:
+    from sizes.HMM_DOT_MIN_MESSAGES message entries per step, counting the restarts
+    vmapped around this call (a dot_general per step pays a call's overhead that the
+    fused loop avoids on small batches, and the fused loop scales badly on large ones)."""
+    return num_sequences * num_states * batching.restarts_in_flight() >= sizes.HMM_DOT_MIN_MESSAGES
 
 
 def _scaled_emissions(log_emission: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Time-major (T, S, K) p_t = exp(log_emission - peak_t) and (T, S) peak_t, padded steps 0
-    (so p = 1 there); log_emission (S, T, K), valid (T, S)."""
-    log_emission = jnp.where(valid[..., None], jnp.swapaxes(log_emission, 0, 1), 0.0)
+    """(T, S, K) p_t = exp(log_emission - peak_t) and (T, S) peak_t, padded steps 0 (so p = 1
+    there); log_emission (T, S, K) time-major, valid (T, S)."""
+    log_emission = jnp.where(valid[..., None], log_emission, 0.0)
     peak = jnp.max(log_emission, axis=-1)
     peak = lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0.0))
     return jnp.exp(log_emission - peak[..., None]), peak
 
 
-def _scaled_first(log_initial: jax.Array, emission: jax.Array) -> tuple[jax.Array, jax.Array]:
-    alpha = jnp.exp(log_initial) * emission
-    scale = jnp.sum(alpha, axis=-1)
-    return alpha / scale[:, None], scale
-
-
-def _scaled_start(log_initial, log_transition, log_emission, lengths):
-    """What both scaled passes start from: valid (T, S), time-major scaled emissions
-    (T, S, K) and their peaks (T, S), the transition matrix (K, K), and the normalised
-    first forward message (S, K) with its scale (S,). Arguments as _scaled_forward_backward."""
-    num_steps = log_emission.shape[1]
-    valid = jnp.arange(num_steps)[:, None] < lengths[None, :]
+def _scaled_start(log_emission, lengths):
+    """valid (T, S) and the scaled emissions (T, S, K) with their peaks (T, S) of a
+    time-major batch log_emission (T, S, K), lengths (S,)."""
+    valid = jnp.arange(log_emission.shape[0])[:, None] < lengths[None, :]
     emission, peak = _scaled_emissions(log_emission, valid)
-    transition = jnp.exp(log_transition)
-    alpha_0, scale_0 = _scaled_first(log_initial, emission[0])
-    return valid, emission, peak, transition, alpha_0, scale_0
+    return valid, emission, peak
 
 
-def _scaled_forward_step(alpha: jax.Array, emission_t: jax.Array, transition: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """One normalised forward step: (alpha_t (S, K), its scale c_t (S,)) from alpha_{t-1}."""
-    predicted = _times_transition(alpha, transition) * emission_t
+def _scaled_forward_step(alpha_prev, emission_t, transition, initial, first, by_dot):
+    """One normalised forward step: (alpha_t (S, K), its scale c_t (S,)) from alpha_{t-1},
+    or from the initial distribution (K,) where `first` (t = 0)."""
+    predicted = jnp.where(first, initial, _times_transition(alpha_prev, transition, by_dot)) * emission_t
     scale = jnp.sum(predicted, axis=-1)
     return predicted / scale[:, None], scale
 
 
 def _scaled_forward_backward(log_initial, log_transition, log_emission, lengths, pair_weight):
-    """Scaled forward-backward on a batch: log_emission (S, T, K), lengths (S,), pair_weight
-    (S,). Returns marginals (S, T, K) (0 at padded steps), transitions (K, K) = sum_s
-    pair_weight[s] * (expected transition counts of sequence s) (sequences of weight 0 add
-    exactly nothing), log_likelihood (S,)."""
-    valid, emission, peak, transition, alpha_0, scale_0 = _scaled_start(log_initial, log_transition, log_emission, lengths)
-    ones = jnp.ones_like(alpha_0)
+    """Scaled forward-backward on a time-major batch: log_emission (T, S, K), lengths (S,),
+    pair_weight (S,). Returns marginals (T, S, K) (0 at padded steps), transitions (K, K) =
+    sum_s pair_weight[s] * (expected transition counts of sequence s) (sequences of weight 0
+    add exactly nothing), log_likelihood (S,).
 
-    def step(carry, inputs):
+    One lax.scan of T steps: step t emits the forward message alpha_t and the backward
+    message beta_{T-1-t} it holds, then updates both. The emissions are indexed inside the
+    step (scanning over slices of them would copy them twice) and every output is
+    time-major, so nothing is transposed."""
+    num_steps = log_emission.shape[0]
+    valid, emission, peak = _scaled_start(log_emission, lengths)
+    transition, initial = jnp.exp(log_transition), jnp.exp(log_initial)
+    ones = jnp.ones(emission.shape[1:], emission.dtype)
+    by_dot = _contract_by_dot(*emission.shape[1:])
+
+    def step(carry, t):
         alpha, beta = carry
-        emission_t, emission_u, valid_u = inputs
-        # Forward at t: past a sequence's end it runs on (p = 1) and is masked out below.
-        alpha, scale = _scaled_forward_step(alpha, emission_t, transition)
-        # Backward at u = T - t: beta_{u-1} from beta_u; 1 for u >= length.
-        message = _transition_times(emission_u * beta, transition)
-        beta = jnp.where(valid_u[:, None], message / jnp.sum(message, axis=-1)[:, None], 1.0)
-        return (alpha, beta), (alpha, scale, beta)
+        u = num_steps - 1 - t
+        emission_t = lax.dynamic_index_in_dim(emission, t, keepdims=False)
+        emission_u = lax.dynamic_index_in_dim(emission, u, keepdims=False)
+        valid_u = lax.dynamic_index_in_dim(valid, u, keepdims=False)
+        alpha, scale = _scaled_forward_step(alpha, emission_t, transition, initial, t == 0, by_dot)
+        # Backward: beta_{u-1} from beta_u; 1 for u >= length (the last update, u = 0, is unused).
+        message = _transition_times(emission_u * beta, transition, by_dot)
+        following = jnp.where(valid_u[:, None], message / jnp.sum(message, axis=-1)[:, None], 1.0)
+        return (alpha, following), (alpha, scale, beta)
 
-    inputs = (emission[1:], emission[:0:-1], valid[:0:-1])
-    _, (alphas, scales, betas) = lax.scan(step, (alpha_0, ones), inputs)
-    alphas = jnp.concatenate([alpha_0[None], alphas])
-    scales = jnp.concatenate([scale_0[None], scales])
-    betas = jnp.concatenate([betas[::-1], ones[None]])
+    _, (alphas, scales, reversed_betas) = lax.scan(step, (ones, ones), jnp.arange(num_steps))
+    betas = reversed_betas[::-1]
     log_likelihood = jnp.sum(jnp.where(valid, jnp.log(scales) + peak, 0.0), axis=0)
     products = alphas * betas
     norm = jnp.sum(products, axis=-1)
@@ -247,15 +256,23 @@ def _scaled_forward_backward(log_initial, log_transition, log_emission, lengths,
     counted = valid[1:] & (pair_weight > 0)[None, :]
     step_weight = jnp.where(counted, pair_weight / (scales[1:] * norm[1:]), 0.0)
     right = emission[1:] * betas[1:] * step_weight[..., None]
-    transitions = transition * jnp.einsum("tsi,tsj->ij", alphas[:-1], right)
-    return jnp.swapaxes(marginals, 0, 1), transitions, log_likelihood
+    num_states = transition.shape[0]
+    transitions = transition * (alphas[:-1].reshape(-1, num_states).T @ right.reshape(-1, num_states))
+    return marginals, transitions, log_likelihood
 
 
 def _scaled_log_likelihood(log_initial, log_transition, log_emission, lengths):
-    """(S,) log p(x) of a batch by the scaled forward pass alone; arguments as above."""
-    valid, emission, peak, transition, alpha_0, scale_0 = _scaled_start(log_initial, log_transition, log_emission, lengths)
-    _, scales = lax.scan(lambda alpha, emission_t: _scaled_forward_step(alpha, emission_t, transition), alpha_0, emission[1:])
-    scales = jnp.concatenate([scale_0[None], scales])
+    """(S,) log p(x) of a time-major batch (T, S, K) by the scaled forward pass alone."""
+    num_steps = log_emission.shape[0]
+    valid, emission, peak = _scaled_start(log_emission, lengths)
+    transition, initial = jnp.exp(log_transition), jnp.exp(log_initial)
+    by_dot = _contract_by_dot(*emission.shape[1:])
+
+    def step(alpha, t):
+        emission_t = lax.dynamic_index_in_dim(emission, t, keepdims=False)
+        return _scaled_forward_step(alpha, emission_t, transition, initial, t == 0, by_dot)
+
+    _, scales = lax.scan(step, jnp.ones(emission.shape[1:], emission.dtype), jnp.arange(num_steps))
     return jnp.sum(jnp.where(valid, jnp.log(scales) + peak, 0.0), axis=0)
 
 
@@ -278,7 +295,7 @@ def forward_backward(
         (lax.associative_scan over (K, K) log-matrices, O(T K^3) work and memory, depth
         O(log T)), or "auto": parallel on GPU/TPU from AUTO_PARALLEL_MIN_LENGTH steps,
         else the scaled scan (probability space, forward and backward in one scan of
-        T - 1 steps; see the notes above `_scaled_forward_backward`). Static.
+        T steps; see the notes above `_scaled_forward_backward`). Static.
 
     Returns:
       Posterior(marginals (T, K), transitions (K, K), log_likelihood ()). Reverse-mode
@@ -291,9 +308,9 @@ def forward_backward(
     log_emission = _masked_emission(log_emission, valid)
     if method == "scaled":
         marginals, transitions, log_likelihood = _scaled_forward_backward(
-            log_initial, log_transition, log_emission[None], jnp.asarray(length)[None], jnp.ones((1,), log_emission.dtype)
+            log_initial, log_transition, log_emission[:, None], jnp.asarray(length)[None], jnp.ones((1,), log_emission.dtype)
         )
-        return Posterior(marginals[0], transitions, log_likelihood[0])
+        return Posterior(marginals[:, 0], transitions, log_likelihood[0])
     if method == "sequential":
         alphas, alpha_last = _forward_sequential(log_initial, log_transition, log_emission, valid, True)
         log_likelihood = _logsumexp(alpha_last, axis=0)
@@ -319,7 +336,7 @@ def log_likelihood(
     num_steps = log_emission.shape[0]
     method = _resolve_method(method, num_steps)
     if method == "scaled":
-        return _scaled_log_likelihood(log_initial, log_transition, log_emission[None], jnp.asarray(length)[None])[0]
+        return _scaled_log_likelihood(log_initial, log_transition, log_emission[:, None], jnp.asarray(length)[None])[0]
     valid = _valid_steps(num_steps, length)
     log_emission = _masked_emission(log_emission, valid)
     if method == "sequential":
@@ -337,24 +354,33 @@ def batch_posterior(
     lengths: jax.Array,
     pair_weight: jax.Array,
     method: str = "sequential",
+    time_major: bool = False,
 ) -> Posterior:
     """forward_backward on a batch of sequences with the transitions summed over them.
 
     Args:
-      log_emission: (S, T, K); lengths: (S,); pair_weight: (S,) weights of the sequences'
-        expected transition counts (a sequence of weight <= 0 adds exactly nothing); the
-        rest as in forward_backward.
+      log_emission: (S, T, K), or (T, S, K) if time_major; lengths: (S,); pair_weight: (S,)
+        weights of the sequences' expected transition counts (a sequence of weight <= 0
+        adds exactly nothing); the rest as in forward_backward.
+      time_major: static; the layout of log_emission and of the marginals returned. The
+        scaled kernel works time-major, so a caller that can lay out its emissions that
+        way saves two transposes of a (S, T, K) array.
 
     Returns:
-      Posterior(marginals (S, T, K), transitions (K, K) = sum_s pair_weight[s] *
-      transitions_s, log_likelihood (S,)). The scaled kernel runs the batch as one scan
-      and the sum as one GEMM; the other methods vmap forward_backward.
+      Posterior(marginals (S, T, K) or (T, S, K) if time_major, transitions (K, K) =
+      sum_s pair_weight[s] * transitions_s, log_likelihood (S,)). The scaled kernel runs
+      the batch as one scan and the sum as one GEMM; the other methods vmap
+      forward_backward.
     """
-    method = _resolve_method(method, log_emission.shape[1])
+    method = _resolve_method(method, log_emission.shape[0 if time_major else 1])
     if method == "scaled":
-        return Posterior(*_scaled_forward_backward(log_initial, log_transition, log_emission, lengths, pair_weight))
+        time_major_emission = log_emission if time_major else jnp.swapaxes(log_emission, 0, 1)
+        marginals, transitions, log_lik = _scaled_forward_backward(
+            log_initial, log_transition, time_major_emission, lengths, pair_weight
+        )
+        return Posterior(marginals if time_major else jnp.swapaxes(marginals, 0, 1), transitions, log_lik)
     run = lambda e, n: forward_backward(log_initial, log_transition, e, n, method)
-    post = jax.vmap(run)(log_emission, lengths)
+    post = jax.vmap(run, in_axes=(1 if time_major else 0, 0), out_axes=Posterior(1 if time_major else 0, 0, 0))(log_emission, lengths)
     used = pair_weight > 0
     weight = jnp.where(used, pair_weight, 0.0)[:, None, None]
     transitions = jnp.sum(jnp.where(used[:, None, None], post.transitions, 0.0) * weight, axis=0)
@@ -367,7 +393,7 @@ def batch_log_likelihood(
     """(S,) log p(x_s) of a batch, log_emission (S, T, K); arguments as in batch_posterior."""
     method = _resolve_method(method, log_emission.shape[1])
     if method == "scaled":
-        return _scaled_log_likelihood(log_initial, log_transition, log_emission, lengths)
+        return _scaled_log_likelihood(log_initial, log_transition, jnp.swapaxes(log_emission, 0, 1), lengths)
     return jax.vmap(lambda e, n: log_likelihood(log_initial, log_transition, e, n, method))(log_emission, lengths)
 
 

@@ -1,17 +1,20 @@
-"""Acceleration of EM near the maximum: SQUAREM, and a switch to quasi-Newton.
+"""Acceleration of EM near the maximum: SQUAREM, a switch to quasi-Newton, and both.
 
 EM converges linearly, at a rate set by the fraction of missing information, so near the
 maximum of a poorly separated model it crawls (docs/design.md: switch to, or accelerate with,
-another optimiser there). Both remedies here are drop-ins for `jaxem.core.run_em`: same
+another optimiser there). The remedies here are drop-ins for `jaxem.core.run_em`: same
 signature (a jaxem.config.FitConfig), same FitResult, no host synchronisation (only `lax.while_loop`s), so
-`jaxem.restarts` vmaps them. Both move in the unconstrained coordinates of
+`jaxem.restarts` vmaps them. They move in the unconstrained coordinates of
 `jaxem.constraints`, so every point they try is a valid parameter of any model that
 declares `param_constraints(params)`.
 
 run_squarem   SQUAREM (Varadhan & Roland 2008, scheme SqS3) on the fixed-point map
               T(θ) = M(E(θ)); the trace stays monotone.
 run_quasi_newton  EM until its per-iteration progress stalls, then `optax.lbfgs` on the
-              negative objective (gradients by autodiff of the E-step's log-likelihood).
+              negative objective (gradients by autodiff of the E-step's log-likelihood),
+              then EM again, which stops only where its own stopping rule holds.
+run_auto      the same with SQUAREM in place of EM: it keeps to EM's path where L-BFGS
+              switched on early can leave it for another maximum.
 
 Evaluations are counted in FitResult.n_evals: one per E-step (`jaxem.core.em_update` or
 `jaxem.core.objective`), and one per value-and-gradient of the objective (its cost is a
@@ -72,6 +75,21 @@ MIN_EM_ITER = 5
 # pairs, stricter line-search curvature, an earlier switch and fewer line-search steps did
 # not lower it (issue #18).
 LBFGS_MEMORY = 40
+# SQUAREM (run_auto) has stalled once its gain per cycle shrinks by a factor above
+# SQUAREM_STALL_RATE, after at least MIN_SQUAREM_CYCLES cycles of a phase. On the 60
+# random mixtures of bench_accel_random.py (E-steps of plain EM over run_auto's, median):
+# 0.5 and 3 cycles 5.28x, none ending below plain EM; 2 or 5 cycles 5.07x / 5.17x; rate
+# 0.7 5.03x; rate 0.3 5.44x, but one problem ended 9.3e-3 per sample below plain EM.
+# quasi-Newton (EM first) leaves EM's path on 4 of those 60 (ending above plain EM, by up
+# to 0.026 per sample) and on bench_accel's 3-component problem at N=3500 (issue #18),
+# where switching after 10-40 EM iterations instead of 5 stays and after 60 leaves
+# again: no switch rule keeps it on EM's path, SQUAREM's extrapolation along it does.
+SQUAREM_STALL_RATE = 0.5
+MIN_SQUAREM_CYCLES = 3
+# A phase after L-BFGS that stops within this many iterations confirms L-BFGS's end.
+CONFIRM_ITER = 3
+# Gains up to this many float eps (relative to the objective) are rounding (`settled`).
+ROUNDING_GAINS = 64
 MAX_LINESEARCH_STEPS = 30
 
 
@@ -133,12 +151,46 @@ def next_step_max(step_max: jax.Array, alpha: jax.Array, accepted: jax.Array) ->
     return jnp.where(accepted, grown, shrunk)
 
 
+def rounding(value: jax.Array) -> jax.Array:
+    """Changes of the objective up to this size, at `value`, are rounding."""
+    return ROUNDING_GAINS * jnp.finfo(value.dtype).eps * jnp.maximum(1.0, jnp.abs(value))
+
+
+def settled(gain: jax.Array, previous_gain: jax.Array, value: jax.Array) -> jax.Array:
+    """Whether a gain below tol may end a run: it is at rounding level, or no larger than
+    the gain before it (of the same kind of step, finite).
+
+    Near a maximum EM's gains shrink. Growing gains below tol mean EM is leaving the point
+    slowly, as from a rate near its floor, where EM grows the rate by a few percent per
+    iteration (a zero-inflated Poisson fit; issue #18).
+    """
+    return (gain <= rounding(value)) | (jnp.isfinite(previous_gain) & (gain <= previous_gain))
+
+
+def dropped(em_value: jax.Array, value: jax.Array) -> jax.Array:
+    """Whether an EM step lowered the objective from `value` to `em_value` beyond rounding.
+
+    EM's M-step then does not maximise the objective exactly (a Gaussian mixture's
+    reg_covar), and the point is above EM's own fixed point: L-BFGS, which climbs the
+    objective itself, ends there. The accelerators stop at such a point (EM cannot
+    improve it) instead of following EM down to its fixed point.
+    """
+    return em_value < value - rounding(value)
+
+
+def is_stalled(gain: jax.Array, previous_gain: jax.Array, rate: float) -> jax.Array:
+    """Slow linear convergence: the gain shrank, by a factor above `rate`."""
+    return (gain > 0) & (gain >= rate * previous_gain) & (gain < previous_gain)
+
+
 class SquaremState(NamedTuple):
     """The SQUAREM while-loop carry.
 
     params: the accepted iterate θ; value: objective at θ; mapped: T(θ), and m_state the
     M-step state after computing it (the E-step at θ that gave `value` also gave T(θ)).
     extrapolated: whether θ came from an extrapolation (else from a plain EM step).
+    gain: the objective gained by the last cycle (inf before the first); cycles: cycles
+    since this phase started; stalled: SQUAREM's gains per cycle have stalled.
     """
 
     params: Any
@@ -147,9 +199,70 @@ class SquaremState(NamedTuple):
     m_state: Any
     step_max: jax.Array
     extrapolated: jax.Array
+    gain: jax.Array
+    cycles: jax.Array
+    stalled: jax.Array
     n_iter: jax.Array
+    n_evals: jax.Array
     status: jax.Array
     trace: jax.Array
+
+
+def squarem_start(step, params, step_max, n_iter, n_evals, trace, max_iter: int) -> SquaremState:
+    """The SQUAREM carry at `params`, after the E-step there (one evaluation)."""
+    value, mapped, m_state = step(params, None)
+    status = next_status(jnp.isfinite(value) & all_finite(mapped), jnp.asarray(False), n_iter, max_iter)
+    return SquaremState(
+        params=params, value=value, mapped=mapped, m_state=m_state, step_max=step_max,
+        extrapolated=jnp.asarray(False), gain=jnp.asarray(jnp.inf, value.dtype), cycles=jnp.zeros((), jnp.int32),
+        stalled=jnp.asarray(False), n_iter=n_iter, n_evals=n_evals + 1, status=status, trace=trace,
+    )
+
+
+def run_squarem_phase(state: SquaremState, step, constraints, config: FitConfig, tol, *, switch) -> SquaremState:
+    """SQUAREM cycles from `state` until a stopping rule holds or, when `switch`, the gain
+    per cycle stalls (`is_stalled`, after MIN_SQUAREM_CYCLES cycles of this phase). A
+    cycle whose EM step `dropped` ends the run at its starting point."""
+
+    def body(state: SquaremState) -> SquaremState:
+        em_value, twice_mapped, twice_m_state = step(state.mapped, state.m_state)
+        extrapolated, alpha = extrapolate_params(
+            constraints, state.params, state.mapped, twice_mapped, state.step_max
+        )
+        value, extrapolated_mapped, extrapolated_m_state = step(extrapolated, twice_m_state)
+        accepted = jnp.isfinite(value) & all_finite(extrapolated_mapped) & (value >= em_value)
+        new_params = tree_where(accepted, extrapolated, state.mapped)
+        new_value = jnp.where(accepted, value, em_value)
+        finite = jnp.isfinite(em_value) & all_finite(twice_mapped)
+        n_iter = state.n_iter + 1
+        gain = new_value - state.value
+        done = is_done(config.criterion, new_value, state.value, new_params, state.params, tol) & settled(
+            gain, state.gain, new_value
+        )
+        cycles = state.cycles + 1
+        stalled = switch & (cycles >= MIN_SQUAREM_CYCLES) & is_stalled(gain, state.gain, SQUAREM_STALL_RATE)
+        stop = dropped(em_value, state.value)
+        progress.report(config, n_iter, new_value, state.value, (state.status == Status.RUNNING) & ~stop)
+        keep = lambda new, old: tree_where(finite, new, old)
+        advanced = SquaremState(
+            params=keep(new_params, state.params),
+            value=jnp.where(finite, new_value, state.value),
+            mapped=keep(tree_where(accepted, extrapolated_mapped, twice_mapped), state.mapped),
+            m_state=keep(tree_where(accepted, extrapolated_m_state, twice_m_state), state.m_state),
+            step_max=next_step_max(state.step_max, alpha, accepted),
+            extrapolated=accepted & (alpha > 1),
+            gain=gain,
+            cycles=cycles,
+            stalled=stalled,
+            n_iter=n_iter,
+            n_evals=state.n_evals + 2,
+            status=next_status(finite, done, n_iter, config.max_iter),
+            trace=state.trace.at[state.n_iter].set(state.value),
+        )
+        stopped = state._replace(n_evals=state.n_evals + 2, status=jnp.asarray(Status.CONVERGED, jnp.int32))
+        return tree_where(stop, stopped, advanced)
+
+    return jax.lax.while_loop(lambda s: is_running(s) & ~s.stalled, body, state)
 
 
 def run_squarem(
@@ -172,70 +285,49 @@ def run_squarem(
     known, so a rejection costs nothing extra) and the step bound shrinks. Varadhan &
     Roland's stabilisation T(θ') is thus the first E-step of the next iteration, and the
     objective check comes free with the E-step instead of as a separate evaluation.
-    n_evals = 1 + 2 n_iter.
+    n_evals = 1 + 2 n_iter, plus 2 for a cycle whose EM step `dropped` the objective (it ends
+    the run at its start).
 
     Args, stopping rules and statuses are those of `jaxem.core.run_em`; an iteration here
-    is one SQUAREM cycle, and the trace holds the objective at the accepted iterates.
+    is one SQUAREM cycle, and the trace holds the objective at the accepted iterates. A
+    cycle's gain below tol ends the run only when it is `settled`: no larger than the
+    cycle's before (so never the first cycle), or at rounding level.
     Returns:
       FitResult; method is SQUAREM when the last accepted iterate was extrapolated, EM when
       it was a plain EM step.
     """
     config = as_config(config, options)
-    max_iter = config.max_iter
     dtype = units.float_dtype(data)
     tol = jnp.asarray(tol, dtype)
     constraints = model.param_constraints(init_params)
     # Fixed features of the data (model.precompute), built once, outside the loop.
     prepared = parallel.prepare(model, data, sample_weight, config.chunk_size)
-    step = lambda params, m_state: em_update(model, params, m_state, data, sample_weight, config.chunk_size, prepared)
-
-    def body(state: SquaremState) -> SquaremState:
-        em_value, twice_mapped, twice_m_state = step(state.mapped, state.m_state)
-        extrapolated, alpha = extrapolate_params(
-            constraints, state.params, state.mapped, twice_mapped, state.step_max
-        )
-        value, extrapolated_mapped, extrapolated_m_state = step(extrapolated, twice_m_state)
-        accepted = jnp.isfinite(value) & all_finite(extrapolated_mapped) & (value >= em_value)
-        new_params = tree_where(accepted, extrapolated, state.mapped)
-        new_value = jnp.where(accepted, value, em_value)
-        finite = jnp.isfinite(em_value) & all_finite(twice_mapped)
-        n_iter = state.n_iter + 1
-        done = is_done(config.criterion, new_value, state.value, new_params, state.params, tol)
-        progress.report(config, n_iter, new_value, state.value, state.status == Status.RUNNING)
-        keep = lambda new, old: tree_where(finite, new, old)
-        return SquaremState(
-            params=keep(new_params, state.params),
-            value=jnp.where(finite, new_value, state.value),
-            mapped=keep(tree_where(accepted, extrapolated_mapped, twice_mapped), state.mapped),
-            m_state=keep(tree_where(accepted, extrapolated_m_state, twice_m_state), state.m_state),
-            step_max=next_step_max(state.step_max, alpha, accepted),
-            extrapolated=accepted & (alpha > 1),
-            n_iter=n_iter,
-            status=next_status(finite, done, n_iter, max_iter),
-            trace=state.trace.at[state.n_iter].set(state.value),
-        )
-
-    value, mapped, m_state = step(init_params, model.init_m_state(init_params))
-    n_iter = jnp.zeros((), jnp.int32)
-    start = SquaremState(
-        params=init_params,
-        value=value,
-        mapped=mapped,
-        m_state=m_state,
-        step_max=jnp.asarray(STEP_MAX_START, dtype),
-        extrapolated=jnp.asarray(False),
-        n_iter=n_iter,
-        status=next_status(jnp.isfinite(value) & all_finite(mapped), jnp.asarray(False), n_iter, max_iter),
-        trace=jnp.full((max_iter,), jnp.nan, dtype),
+    step = em_step(model, data, sample_weight, config, prepared)
+    zero = jnp.zeros((), jnp.int32)
+    start = squarem_start(
+        step, init_params, jnp.asarray(STEP_MAX_START, dtype), zero, zero,
+        jnp.full((config.max_iter,), jnp.nan, dtype), config.max_iter,
     )
-    final = jax.lax.while_loop(is_running, body, start)
+    final = run_squarem_phase(start, step, constraints, config, tol, switch=False)
     return fit_result(
         final.params, final.value, n_iter=final.n_iter, status=final.status, trace=final.trace,
-        n_evals=1 + 2 * final.n_iter, method=jnp.where(final.extrapolated, Method.SQUAREM, Method.EM),
+        n_evals=final.n_evals, method=jnp.where(final.extrapolated, Method.SQUAREM, Method.EM),
     )
 
 
-# --- EM, then quasi-Newton ------------------------------------------------------------------------
+def em_step(model, data, sample_weight, config: FitConfig, prepared):
+    """The EM map as step(params, m_state) -> (objective at params, T(params), M-step
+    state); m_state None means a fresh `init_m_state`. prepared: the fixed features of
+    the data (`parallel.prepare`), built once, outside the loops."""
+
+    def step(params, m_state):
+        m_state = model.init_m_state(params) if m_state is None else m_state
+        return em_update(model, params, m_state, data, sample_weight, config.chunk_size, prepared)
+
+    return step
+
+
+# --- a first phase (EM or SQUAREM), then quasi-Newton ------------------------------------------
 class EMPhaseState(NamedTuple):
     """Carry of the EM phase: plain EM's state, the last gain, a stall flag and evaluations."""
 
@@ -263,18 +355,29 @@ class LbfgsPhaseState(NamedTuple):
     trace: jax.Array
 
 
-def run_em_phase(state: EMPhaseState, em_data: EMData, config: FitConfig, *, switch: bool) -> EMPhaseState:
+def run_em_phase(state: EMPhaseState, em_data: EMData, config: FitConfig, *, switch) -> EMPhaseState:
     """EM iterations (jaxem.core.em_iteration) from `state` until a stopping rule holds or,
     when `switch`, EM stalls.
 
-    EM has stalled once, after MIN_EM_ITER iterations, its gain per iteration shrinks by a
-    factor above STALL_RATE: it is in slow linear convergence. Stopping rules as run_em.
+    EM has stalled once, after MIN_EM_ITER iterations of this phase, its gain per
+    iteration shrinks by a factor above STALL_RATE: it is in slow linear convergence.
+    Stopping rules as run_em, but a gain below tol must be `settled`; an iteration that
+    `dropped` the objective is undone and ends the run.
     """
+    first_iter = state.em.n_iter
+    # Reported here, not by em_iteration: an undone iteration is not reported.
+    unreported = config.replace(progress=None)
 
     def body(state: EMPhaseState) -> EMPhaseState:
-        em = em_iteration(state.em, em_data, config)
+        em = em_iteration(state.em, em_data, unreported)
         gain = em.objective - state.em.objective
-        stalled = switch & (em.n_iter >= MIN_EM_ITER) & (gain > 0) & (gain >= STALL_RATE * state.gain)
+        stop = dropped(em.objective, state.em.objective)
+        progress.report(config, em.n_iter, em.objective, state.em.objective, is_running(state.em) & ~stop)
+        unsettled = (em.status == Status.CONVERGED) & ~settled(gain, state.gain, em.objective)
+        em = em._replace(status=jnp.where(unsettled, Status.RUNNING, em.status).astype(jnp.int32))
+        undone = state.em._replace(params=state.em.previous, status=jnp.asarray(Status.CONVERGED, jnp.int32))
+        em = tree_where(stop, undone, em)
+        stalled = switch & (em.n_iter - first_iter >= MIN_EM_ITER) & is_stalled(gain, state.gain, STALL_RATE)
         return EMPhaseState(em=em, gain=gain, stalled=stalled, n_evals=state.n_evals + 1)
 
     return jax.lax.while_loop(lambda s: is_running(s.em) & ~s.stalled, body, state)
@@ -325,6 +428,113 @@ def run_lbfgs_phase(loss_fn, state: LbfgsPhaseState, config: FitConfig, *, tol, 
     return jax.lax.while_loop(running, body, state)
 
 
+class HybridState(NamedTuple):
+    """Carry between the phases of `run_hybrid`.
+
+    params: where the next phase starts; value: the objective at params, NaN when not
+    computed; step_max: SQUAREM's step bound, kept across phases; may_switch: False once
+    an L-BFGS step failed; by_lbfgs: the last L-BFGS phase met the stopping rule and the
+    phase after it confirmed its end within CONFIRM_ITER iterations; extrapolated: the last
+    SQUAREM iterate was extrapolated.
+    """
+
+    params: Any
+    value: jax.Array
+    step_max: jax.Array
+    may_switch: jax.Array
+    by_lbfgs: jax.Array
+    extrapolated: jax.Array
+    n_iter: jax.Array
+    n_evals: jax.Array
+    status: jax.Array
+    trace: jax.Array
+
+
+def run_hybrid(model, init_params, data, sample_weight, *, tol, config: FitConfig, first: str) -> FitResult:
+    """Phases of `first` ("em" or "squarem") and of L-BFGS, alternating until a phase of
+    `first` meets its stopping rule, max_iter or a non-finite value (run_quasi_newton,
+    run_auto). An L-BFGS phase that meets the stopping rule hands its end to a phase of
+    `first`, which stops there only if its own rule holds."""
+    dtype = units.float_dtype(data)
+    tol = jnp.asarray(tol, dtype)
+    constraints = model.param_constraints(init_params)
+    to_params = lambda u: from_unconstrained(constraints, u)
+    prepared = parallel.prepare(model, data, sample_weight, config.chunk_size)
+    loss_fn = lambda u: -objective(model, to_params(u), data, sample_weight, config.chunk_size, prepared)[0]
+    em_data = EMData(model, data, sample_weight, prepared, tol)
+    step = em_step(model, data, sample_weight, config, prepared)
+
+    def em_phase(state: HybridState) -> tuple[HybridState, jax.Array]:
+        em = start_state(state.params, model.init_m_state(state.params), dtype, config.max_iter)
+        em = em._replace(n_iter=state.n_iter, status=state.status, trace=state.trace)
+        phase = run_em_phase(
+            EMPhaseState(em=em, gain=jnp.asarray(jnp.inf, dtype), stalled=jnp.asarray(False), n_evals=state.n_evals),
+            em_data, config, switch=state.may_switch,
+        )
+        em = phase.em
+        return state._replace(
+            params=em.params, value=jnp.asarray(jnp.nan, dtype), n_iter=em.n_iter, n_evals=phase.n_evals,
+            status=em.status, trace=em.trace,
+        ), phase.stalled
+
+    def squarem_phase(state: HybridState) -> tuple[HybridState, jax.Array]:
+        start = squarem_start(
+            step, state.params, state.step_max, state.n_iter, state.n_evals, state.trace, config.max_iter
+        )
+        phase = run_squarem_phase(start, step, constraints, config, tol, switch=state.may_switch)
+        return state._replace(
+            params=phase.params, value=phase.value, step_max=phase.step_max, extrapolated=phase.extrapolated,
+            n_iter=phase.n_iter, n_evals=phase.n_evals, status=phase.status, trace=phase.trace,
+        ), phase.stalled
+
+    def body(state: HybridState) -> HybridState:
+        phase, stalled = (em_phase if first == "em" else squarem_phase)(state)
+        switched = stalled & is_running(phase)
+        u = to_unconstrained(constraints, phase.params)
+        loss, grad = jax.value_and_grad(loss_fn)(u)
+        lbfgs = run_lbfgs_phase(
+            loss_fn,
+            LbfgsPhaseState(
+                u=u, loss=loss, grad=grad, opt_state=None, failed=~(jnp.isfinite(loss) & all_finite(grad)),
+                n_iter=phase.n_iter, n_evals=phase.n_evals + 1, status=phase.status, trace=phase.trace,
+            ),
+            config, to_params=to_params, tol=tol,
+        )
+        converged = lbfgs.status == Status.CONVERGED
+        confirming = next_status(jnp.asarray(True), jnp.asarray(False), lbfgs.n_iter, config.max_iter)
+        after_lbfgs = HybridState(
+            params=to_params(lbfgs.u),
+            value=-lbfgs.loss,
+            step_max=phase.step_max,
+            may_switch=phase.may_switch & ~lbfgs.failed,
+            by_lbfgs=converged,
+            extrapolated=jnp.asarray(False),
+            n_iter=lbfgs.n_iter,
+            n_evals=lbfgs.n_evals,
+            status=jnp.where(converged, confirming, lbfgs.status),
+            trace=lbfgs.trace,
+        )
+        confirmed = state.by_lbfgs & (phase.n_iter - state.n_iter <= CONFIRM_ITER)
+        return tree_where(switched, after_lbfgs, phase._replace(by_lbfgs=confirmed))
+
+    start = HybridState(
+        params=init_params, value=jnp.asarray(jnp.nan, dtype), step_max=jnp.asarray(STEP_MAX_START, dtype),
+        may_switch=jnp.asarray(True), by_lbfgs=jnp.asarray(False), extrapolated=jnp.asarray(False),
+        n_iter=jnp.zeros((), jnp.int32), n_evals=jnp.zeros((), jnp.int32),
+        status=jnp.asarray(Status.RUNNING, jnp.int32), trace=jnp.full((config.max_iter,), jnp.nan, dtype),
+    )
+    final = jax.lax.while_loop(is_running, body, start)
+    unknown = jnp.isnan(final.value)
+    final_value = jnp.where(
+        unknown, objective(model, final.params, data, sample_weight, config.chunk_size, prepared)[0], final.value
+    )
+    method = jnp.where(final.by_lbfgs, Method.QUASI_NEWTON, jnp.where(final.extrapolated, Method.SQUAREM, Method.EM))
+    return fit_result(
+        final.params, final_value, n_iter=final.n_iter, status=final.status, trace=final.trace,
+        n_evals=final.n_evals + unknown.astype(jnp.int32), method=method,
+    )
+
+
 def run_quasi_newton(
     model: Any,
     init_params: Any,
@@ -335,61 +545,46 @@ def run_quasi_newton(
     config: FitConfig | None = None,
     **options,
 ) -> FitResult:
-    """EM until it stalls, then L-BFGS on the negative objective; EM again if L-BFGS fails.
+    """EM until it stalls, then L-BFGS on the negative objective, then EM again.
 
     EM is robust far from the maximum and slow near it; L-BFGS (optax.lbfgs with a zoom
     line search, gradients by autodiff of the E-step's log-likelihood in unconstrained
     coordinates) converges superlinearly near it. The line search only accepts descent,
-    and a step that does not lower the loss is discarded and hands the run back to EM
-    (without further switching), so the objective never decreases. The phases are three
-    `lax.while_loop`s; a phase with nothing to do costs no iteration.
+    and a step that does not lower the loss is discarded, so the objective never
+    decreases. Where L-BFGS stops, EM checks its end: the run stops only when EM's own
+    stopping rule holds there (a gain below tol, `settled`); otherwise EM goes on and may
+    hand over to L-BFGS again, with a fresh memory (never after an L-BFGS step failed).
 
     Args, stopping rules and statuses are those of `jaxem.core.run_em`; max_iter bounds EM
     iterations plus L-BFGS iterations. n_evals counts E-steps, value-and-gradients (one
     per line-search step, one when L-BFGS starts) and the final evaluation.
     Returns:
-      FitResult; method is QUASI_NEWTON when L-BFGS finished the run, else EM.
+      FitResult; method is QUASI_NEWTON when L-BFGS found the final point (EM confirmed it
+      within CONFIRM_ITER iterations), else EM.
     """
     config = as_config(config, options)
-    dtype = units.float_dtype(data)
-    tol = jnp.asarray(tol, dtype)
-    constraints = model.param_constraints(init_params)
-    to_params = lambda u: from_unconstrained(constraints, u)
-    prepared = parallel.prepare(model, data, sample_weight, config.chunk_size)
-    loss_fn = lambda u: -objective(model, to_params(u), data, sample_weight, config.chunk_size, prepared)[0]
-    em_data = EMData(model, data, sample_weight, prepared, tol)
+    return run_hybrid(model, init_params, data, sample_weight, tol=tol, config=config, first="em")
 
-    zero = jnp.zeros((), jnp.int32)
-    start = start_state(init_params, model.init_m_state(init_params), dtype, config.max_iter)
-    first = run_em_phase(
-        EMPhaseState(em=start, gain=jnp.asarray(jnp.inf, dtype), stalled=jnp.asarray(False), n_evals=zero),
-        em_data, config, switch=True,
-    )
 
-    def start_lbfgs(phase: EMPhaseState) -> LbfgsPhaseState:
-        u = to_unconstrained(constraints, phase.em.params)
-        loss, grad = jax.value_and_grad(loss_fn)(u)
-        return LbfgsPhaseState(
-            u=u, loss=loss, grad=grad, opt_state=None, failed=~(jnp.isfinite(loss) & all_finite(grad)),
-            n_iter=phase.em.n_iter, n_evals=phase.n_evals + 1, status=phase.em.status, trace=phase.em.trace,
-        )
+def run_auto(
+    model: Any,
+    init_params: Any,
+    data: Any,
+    sample_weight: jax.Array,
+    *,
+    tol: Any,
+    config: FitConfig | None = None,
+    **options,
+) -> FitResult:
+    """SQUAREM until its gain per cycle stalls, then L-BFGS, then SQUAREM again.
 
-    # value_and_grad runs for every restart under vmap; it is counted only where used.
-    switched = first.em.status == Status.RUNNING
-    lbfgs = run_lbfgs_phase(loss_fn, start_lbfgs(first), config, to_params=to_params, tol=tol)
-    lbfgs = lbfgs._replace(n_evals=jnp.where(switched, lbfgs.n_evals, first.n_evals))
-    lbfgs_params = tree_where(switched, to_params(lbfgs.u), first.em.params)
-    restart = first.em._replace(
-        params=lbfgs_params, previous=lbfgs_params, objective=jnp.asarray(-jnp.inf, dtype), n_iter=lbfgs.n_iter,
-        status=lbfgs.status, trace=lbfgs.trace,
-    )
-    last = run_em_phase(first._replace(em=restart, stalled=jnp.asarray(False), n_evals=lbfgs.n_evals), em_data, config, switch=False)
-    final_value, _ = objective(model, last.em.params, data, sample_weight, config.chunk_size, prepared)
-    finished_by_lbfgs = switched & ~lbfgs.failed
-    return fit_result(
-        last.em.params, final_value, n_iter=last.em.n_iter, status=last.em.status, trace=last.em.trace,
-        n_evals=last.n_evals + 1, method=jnp.where(finished_by_lbfgs, Method.QUASI_NEWTON, Method.EM),
-    )
+    run_quasi_newton with SQUAREM cycles in place of EM iterations: SQUAREM is faster than
+    EM far from the maximum and keeps to EM's path, and its step bound is kept across
+    phases. Args, stopping rules, statuses and Returns as run_quasi_newton (method
+    SQUAREM when the last iterate was extrapolated).
+    """
+    config = as_config(config, options)
+    return run_hybrid(model, init_params, data, sample_weight, tol=tol, config=config, first="squarem")
 
 
 def through_fixed_point(runner):
@@ -418,4 +613,4 @@ def through_fixed_point(runner):
     return run
 
 
-RUNNERS = {"squarem": run_squarem, "quasi_newton": run_quasi_newton}
+RUNNERS = {"squarem": run_squarem, "quasi_newton": run_quasi_newton, "auto": run_auto}

@@ -86,9 +86,10 @@ def fit(
         O(chunk_size * K) per restart; "auto" (default): `auto_chunk_size`, chunks of at
         most AUTO_CHUNK_SIZE rows for data sets of more than twice that and one pass
         otherwise; None always one pass.
-      accelerate: None (plain EM), "squarem" (SQUAREM extrapolation of the EM map) or
-        "quasi_newton" (EM, then L-BFGS once EM stalls); see jaxem.accel. Both keep the
-        objective monotone; FitResult.n_evals counts the E-steps used.
+      accelerate: None (plain EM), "squarem" (SQUAREM extrapolation of the EM map),
+        "quasi_newton" (EM, then L-BFGS once EM stalls) or "auto" (SQUAREM, then L-BFGS
+        once SQUAREM stalls); see jaxem.accel. All keep the objective monotone;
+        FitResult.n_evals counts the E-steps used.
       diff: how reverse-mode gradients (jax.grad of anything computed from the result, with
         respect to X, sample_weight and the model's continuous leaves such as reg_covar)
         pass through the fit. "implicit": through the converged fixed point (jaxem.implicit;

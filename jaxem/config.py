@@ -16,7 +16,7 @@ from jaxem.init import INIT_METHODS
 
 CRITERIA = ("loglik", "params")
 DIFF_MODES = ("implicit", "unroll", None)
-ACCELERATIONS = (None, "squarem", "quasi_newton")
+ACCELERATIONS = (None, "squarem", "quasi_newton", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +29,7 @@ class FitConfig:
       relative change of any params leaf below tol).
     init: a jaxem.init method for the starting params, or None when they are given.
     chunk_size: units per chunk of a chunked E-step, None for one pass.
-    accelerate: None, "squarem" or "quasi_newton" (jaxem.accel).
+    accelerate: None, "squarem", "quasi_newton" or "auto" (jaxem.accel).
     diff: reverse-mode gradients through the fit: "implicit", "unroll" or None.
     adjoint: the implicit adjoint solver (jaxem.implicit).
     vmap_slots: problems in flight when a fit is vmapped over data sets ("auto", an int,

@@ -18,8 +18,8 @@ from jaxem.core import FitResult, Progress, Status, run_em
 
 
 def runner_for(config: FitConfig):
-    """The single-start runner for `config.accelerate`: run_em (None), accel.run_squarem
-    ("squarem") or accel.run_quasi_newton ("quasi_newton"), the accelerated ones given
+    """The single-start runner for `config.accelerate`: run_em (None) or accel.RUNNERS'
+    run_squarem, run_quasi_newton, run_auto, the accelerated ones given
     implicit gradients through plain EM's fixed point when config.diff is "implicit"."""
     if config.accelerate is None:
         return run_em

@@ -327,36 +327,36 @@ class HMMModel(Model):
     def _prepared(self, params: Any) -> Prepared:
         return params if isinstance(params, Prepared) else self.e_step_params(params)
 
+    def _time_major_posterior(self, params: Any, data: Sequences, pair_weight: jax.Array | None):
+        """(params, step_rows(data), batch_posterior with time-major (T, S, K) marginals):
+        the E-step's forward-backward; pair_weight (S,) as batch_posterior's, None for ones."""
+        p, factors = self._prepared(params)
+        n_sequences, max_len, _ = data.observations.shape
+        rows = step_rows(data)
+        log_em = self.log_emission(p, factors, rows).reshape(max_len, n_sequences, -1)
+        if pair_weight is None:
+            pair_weight = jnp.ones(n_sequences, log_em.dtype)
+        post = hmm_inference.batch_posterior(
+            safe_log(p.initial), safe_log(p.transition), log_em, data.lengths, pair_weight, self.method, time_major=True
+        )
+        return p, rows, post
+
     def posterior(self, params: Any, data: Sequences) -> hmm_inference.Posterior:
         """Forward-backward on the batch (the E-step's kernel, hmm_inference.batch_posterior):
         marginals (S, T, K), transitions (K, K) expected counts summed over the sequences,
         log_likelihood (S,)."""
-        params, factors = self._prepared(params)
-        n_sequences, max_len, n_features = data.observations.shape
-        rows = data.observations.reshape(-1, n_features)
-        log_em = self.log_emission(params, factors, rows).reshape(n_sequences, max_len, -1)
-        return hmm_inference.batch_posterior(
-            safe_log(params.initial), safe_log(params.transition), log_em, data.lengths,
-            jnp.ones(n_sequences, log_em.dtype), self.method,
-        )
+        _, _, post = self._time_major_posterior(params, data, None)
+        return post._replace(marginals=jnp.swapaxes(post.marginals, 0, 1))
 
     def e_step(self, params: Any, data: Sequences, sample_weight: jax.Array) -> tuple[HMMStats, jax.Array]:
         """Weighted, summed statistics and sum_s w_s log p(sequence_s); a sequence of weight 0
         (a chunk's padding) adds exactly nothing."""
-        prepared = self._prepared(params)
-        p, factors = prepared
-        n_sequences, max_len, _ = data.observations.shape
-        rows = step_rows(data)
-        log_em = self.log_emission(p, factors, rows).reshape(max_len, n_sequences, -1)
         used = sample_weight > 0
         w = jnp.where(used, sample_weight, 0.0)
-        post = hmm_inference.batch_posterior(
-            safe_log(p.initial), safe_log(p.transition), log_em, data.lengths, w, self.method, time_major=True
-        )
+        p, rows, post = self._time_major_posterior(params, data, w)
         gamma = jnp.where(used[:, None], post.marginals, 0.0) * w[:, None]
         log_lik = jnp.sum(jnp.where(used, w * post.log_likelihood, 0.0))
-        gamma_rows = gamma.reshape(rows.shape[0], -1)
-        emission = self.emission_statistics(p, rows, gamma_rows)
+        emission = self.emission_statistics(p, rows, gamma.reshape(rows.shape[0], -1))
         return HMMStats(jnp.sum(gamma[0], axis=0), post.transitions, emission), log_lik
 
     def log_prior(self, params: Any) -> jax.Array:

@@ -203,12 +203,15 @@ def _scaled_emissions(log_emission: jax.Array, valid: jax.Array) -> tuple[jax.Ar
     return jnp.exp(log_emission - peak[..., None]), peak
 
 
-def _scaled_start(log_emission, lengths):
-    """valid (T, S) and the scaled emissions (T, S, K) with their peaks (T, S) of a
-    time-major batch log_emission (T, S, K), lengths (S,)."""
+def _scaled_start(log_initial, log_transition, log_emission, lengths):
+    """What both scaled passes start from: valid (T, S), the scaled emissions (T, S, K)
+    with their peaks (T, S), the initial distribution (K,), the transition matrix (K, K),
+    and whether the scan's products with it are dot_generals (_contract_by_dot).
+    log_emission (T, S, K) time-major, lengths (S,)."""
     valid = jnp.arange(log_emission.shape[0])[:, None] < lengths[None, :]
     emission, peak = _scaled_emissions(log_emission, valid)
-    return valid, emission, peak
+    by_dot = _contract_by_dot(*emission.shape[1:])
+    return valid, emission, peak, jnp.exp(log_initial), jnp.exp(log_transition), by_dot
 
 
 def _scaled_forward_step(alpha_prev, emission_t, transition, initial, first, by_dot):
@@ -230,10 +233,8 @@ def _scaled_forward_backward(log_initial, log_transition, log_emission, lengths,
     step (scanning over slices of them would copy them twice) and every output is
     time-major, so nothing is transposed."""
     num_steps = log_emission.shape[0]
-    valid, emission, peak = _scaled_start(log_emission, lengths)
-    transition, initial = jnp.exp(log_transition), jnp.exp(log_initial)
+    valid, emission, peak, initial, transition, by_dot = _scaled_start(log_initial, log_transition, log_emission, lengths)
     ones = jnp.ones(emission.shape[1:], emission.dtype)
-    by_dot = _contract_by_dot(*emission.shape[1:])
 
     def step(carry, t):
         alpha, beta = carry
@@ -241,6 +242,7 @@ def _scaled_forward_backward(log_initial, log_transition, log_emission, lengths,
         emission_t = lax.dynamic_index_in_dim(emission, t, keepdims=False)
         emission_u = lax.dynamic_index_in_dim(emission, u, keepdims=False)
         valid_u = lax.dynamic_index_in_dim(valid, u, keepdims=False)
+        # Forward at t: past a sequence's end it runs on (p = 1) and is masked out below.
         alpha, scale = _scaled_forward_step(alpha, emission_t, transition, initial, t == 0, by_dot)
         # Backward: beta_{u-1} from beta_u; 1 for u >= length (the last update, u = 0, is unused).
         message = _transition_times(emission_u * beta, transition, by_dot)
@@ -264,9 +266,7 @@ def _scaled_forward_backward(log_initial, log_transition, log_emission, lengths,
 def _scaled_log_likelihood(log_initial, log_transition, log_emission, lengths):
     """(S,) log p(x) of a time-major batch (T, S, K) by the scaled forward pass alone."""
     num_steps = log_emission.shape[0]
-    valid, emission, peak = _scaled_start(log_emission, lengths)
-    transition, initial = jnp.exp(log_transition), jnp.exp(log_initial)
-    by_dot = _contract_by_dot(*emission.shape[1:])
+    valid, emission, peak, initial, transition, by_dot = _scaled_start(log_initial, log_transition, log_emission, lengths)
 
     def step(alpha, t):
         emission_t = lax.dynamic_index_in_dim(emission, t, keepdims=False)

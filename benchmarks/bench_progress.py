@@ -96,14 +96,17 @@ def main() -> None:
     for f in fits.values():
         jax.block_until_ready(f(X))
     times = {name: [] for name in fits}
+    cpu_times = {name: [] for name in fits}
     order = list(fits)
     for _ in range(args.rounds):
         for name in order:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             jax.block_until_ready(fits[name](X))
             times[name].append(time.perf_counter() - start)
+            cpu_times[name].append(time.process_time() - cpu_start)
         order.reverse()
     result = {f"{name}_ms": 1e3 * float(np.median(t)) for name, t in times.items()}
+    result.update({f"{name}_cpu_ms": 1e3 * float(np.median(t)) for name, t in cpu_times.items()})
     result.update({f"{name}_min_ms": 1e3 * float(np.min(t)) for name, t in times.items()})
     for name in ("callable", "printer"):
         ratios = np.asarray(times[name]) / np.asarray(times["silent"])
@@ -111,6 +114,11 @@ def main() -> None:
         result[f"{name}_ratio_range"] = [float(ratios.min()), float(ratios.max())]
         # the fastest rounds are the least disturbed by other processes
         result[f"{name}_ratio_of_mins"] = float(np.min(times[name]) / np.min(times["silent"]))
+        # CPU time of this process (all its threads): what other processes' load does to
+        # the wall clock (waiting for a core) it does not count
+        cpu_ratios = np.asarray(cpu_times[name]) / np.asarray(cpu_times["silent"])
+        result[f"{name}_cpu_ratio_median"] = float(np.median(cpu_ratios))
+        result[f"{name}_cpu_ratio_range"] = [float(cpu_ratios.min()), float(cpu_ratios.max())]
     per_iteration = per_iteration_us(args.rounds)
     result["per_iteration_us"] = per_iteration
     for name, us in per_iteration.items():

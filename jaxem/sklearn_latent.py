@@ -36,7 +36,9 @@ follows is about the others:
 * `missing="em"` (FactorAnalysis, PPCA, and MixtureOfFactorAnalyzers as jaxem.sklearn's
   GaussianMixture): NaN entries are missing values, fitted by `jaxem.fit(...,
   missing="em")`; `transform` is E[z | x_o], `score_samples` log p(x_o), `impute` fills NaN
-  with E[x_m | x_o]; the `allow_nan` tag follows the parameter.
+  with E[x_m | x_o]; the `allow_nan` tag follows the parameter. GaussianHMM takes it too:
+  every step's emission density is that of its observed coordinates (a step may miss
+  every entry), in the fit and in score, predict_proba, decode and predict.
 """
 
 from __future__ import annotations
@@ -562,9 +564,27 @@ class _BaseHMM(BaseEstimator):
             **self._model_kwargs(X),
         )
 
+    def _missing(self):
+        """The `missing` parameter (GaussianHMM's); None for the families without it."""
+        return getattr(self, "missing", None)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = self._missing() == "em"
+        return tags
+
     # --- data ----------------------------------------------------------------------------------
     def _check_X(self, X, reset):
-        return _validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
+        """X validated as float; NaN entries pass only with missing="em"."""
+        if not hasattr(self, "missing"):
+            return _validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
+        X = _validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], **_ALLOW_NAN)
+        if self.missing != "em" and np.isnan(X).any():
+            raise ValueError(
+                f"Input X contains NaN. {type(self).__name__} fits NaN entries as missing values "
+                f'only with missing="em"; with missing={self.missing!r} X must be finite.'
+            )
+        return X
 
     def _checked_letters(self, value, name):
         unknown = sorted(set(value) - set(self._letters))
@@ -604,11 +624,18 @@ class _BaseHMM(BaseEstimator):
         X = self._check_X(X, reset=True)
         fixed = [field for code, (_, field) in self._letters.items() if code not in self.params]
         model = self._make_model(X, fixed)
-        data = model.as_data((X, lengths))
+        missing = "em" if np.isnan(X).any() else None  # only with self.missing == "em"
+        empty = np.flatnonzero(np.isnan(X).all(axis=0))
+        if empty.size:  # jaxem's HMM would fit them, from the prior alone
+            raise ValueError(f"X has column(s) {empty.tolist()} with every entry missing.")
+        # With NaN, jaxem.fit(missing="em") fits the model with missing_width from the data
+        # (with_missing_values); that model also reads the data and draws the starts made here.
+        reader = model if missing is None else model.with_missing_values((X, lengths))
+        data = reader.as_data((X, lengths))
         n_sequences = int(data.lengths.shape[0])
         key = _random_key(self.random_state)
         n_init = int(self.n_init)
-        options = dict(max_iter=int(self.n_iter), tol=float(self.tol) / n_sequences)
+        options = dict(max_iter=int(self.n_iter), tol=float(self.tol) / n_sequences, missing=missing)
         if not user:
             result = jaxem.fit(model, data, key=key, n_restarts=n_init, **options)
         else:
@@ -617,7 +644,7 @@ class _BaseHMM(BaseEstimator):
             for run_key in keys:
                 start = dict(user)
                 if len(user) < len(self._letters):
-                    drawn = _init_params(model, run_key, data, jnp.ones(n_sequences, data.observations.dtype), "kmeans++")
+                    drawn = _init_params(reader, run_key, data, jnp.ones(n_sequences, data.observations.dtype), "kmeans++")
                     start = {**drawn._asdict(), **user}
                 runs.append(jaxem.fit(model, data, key=run_key, init=start, **options))
             finite = [run for run in runs if run.status != jaxem.Status.NON_FINITE] or runs
@@ -645,11 +672,15 @@ class _BaseHMM(BaseEstimator):
 
     # --- prediction ------------------------------------------------------------------------------
     def _fitted(self, X, lengths):
-        """(jaxem model, params, data as (X, lengths)) for prediction."""
+        """(jaxem model, params, data as (X, lengths)) for prediction; with NaN in X
+        (missing="em") the model whose emissions are the densities of the observed entries."""
         check_is_fitted(self, [attribute for attribute, _ in self._letters.values()])
         params = self._params_class(*(jnp.asarray(getattr(self, attribute)) for attribute, _ in self._letters.values()))
-        X = self._check_X(X, reset=False)
-        return self._make_model(), params, (X.astype(np.asarray(params[0]).dtype, copy=False), lengths)
+        X = self._check_X(X, reset=False).astype(np.asarray(params[0]).dtype, copy=False)
+        model = self._make_model()
+        if np.isnan(X).any():
+            model = model.with_missing_values((X, lengths))
+        return model, params, (X, lengths)
 
     def predict_proba(self, X, lengths=None):
         """Posterior state probabilities p(z_t = k | its sequence): (n_samples, n_components)."""
@@ -747,6 +778,10 @@ class GaussianHMM(_BaseHMM):
     covariance_type, as hmmlearn's getter; it may be set (before fit, with "c" not in
     init_params) in hmmlearn's shapes for the covariance_type: full (K, D, D), diag (K, D),
     spherical (K,), tied (D, D), which is how the fit stores them (`_covars_`).
+    missing: None (default; NaN is an error) or "em": NaN entries are missing values (missing
+    at random), fitted by `jaxem.fit(..., missing="em")`; every step's emission density is
+    that of its observed coordinates (a step may miss every entry: its emission is 1), in
+    the fit and in score, score_samples, predict_proba, decode, predict, bic and aic.
     """
 
     __doc__ += _HMM_COMMON
@@ -760,17 +795,19 @@ class GaussianHMM(_BaseHMM):
         "min_covar": [Interval(numbers.Real, 0.0, None, closed="left")],
         "covars_prior": [Interval(numbers.Real, 0.0, None, closed="left"), "array-like"],
         "covars_weight": [Interval(numbers.Real, None, None, closed="neither"), "array-like"],
+        "missing": _MISSING,
     }
 
     def __init__(self, n_components=1, covariance_type="diag", min_covar=1e-3, startprob_prior=1.0,
                  transmat_prior=1.0, covars_prior=1e-2, covars_weight=1, algorithm="viterbi", random_state=None,
-                 n_iter=10, tol=1e-2, verbose=False, params="stmc", init_params="stmc", n_init=1):
+                 n_iter=10, tol=1e-2, verbose=False, params="stmc", init_params="stmc", n_init=1, missing=None):
         self._set_common(n_components, startprob_prior, transmat_prior, algorithm, random_state, n_iter, tol,
                          verbose, params, init_params, n_init)
         self.covariance_type = covariance_type
         self.min_covar = min_covar
         self.covars_prior = covars_prior
         self.covars_weight = covars_weight
+        self.missing = missing
 
     def _model_kwargs(self, X):
         return {"covariance_type": self.covariance_type, "min_covar": float(self.min_covar),

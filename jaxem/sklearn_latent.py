@@ -564,13 +564,9 @@ class _BaseHMM(BaseEstimator):
             **self._model_kwargs(X),
         )
 
-    def _missing(self):
-        """The `missing` parameter (GaussianHMM's); None for the families without it."""
-        return getattr(self, "missing", None)
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = self._missing() == "em"
+        tags.input_tags.allow_nan = getattr(self, "missing", None) == "em"  # GaussianHMM's parameter
         return tags
 
     # --- data ----------------------------------------------------------------------------------

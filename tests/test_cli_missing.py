@@ -12,22 +12,9 @@ from scipy.stats import multivariate_normal
 import jax
 import jaxem
 from jaxem import cli
+from test_cli import PNG_MAGIC, isolated, run  # noqa: F401 (isolated: an autouse fixture)
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MISSING_FIELDS = ("", "nan", "NaN", " ")
-
-
-@pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    """No persistent compilation cache and a scratch working directory (as tests/test_cli.py)."""
-    monkeypatch.setenv(cli.NO_CACHE_ENV, "1")
-    monkeypatch.chdir(tmp_path)
-
-
-def run(capsys, *argv):
-    status = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def holed_data(n=120, seed=0):

@@ -103,6 +103,7 @@ class EMState(NamedTuple):
     n_iter: jax.Array
     status: jax.Array
     trace: jax.Array
+    report_at: jax.Array  # int32: the iteration of the next progress report (progress.report_paced)
 
 
 def objective(model, params, data, sample_weight, chunk_size=None, prepared=None):
@@ -224,6 +225,7 @@ def start_state(params: Any, m_state: Any, dtype: Any, max_iter: int) -> EMState
         n_iter=jnp.zeros((), jnp.int32),
         status=jnp.asarray(Status.RUNNING, jnp.int32),
         trace=jnp.full((max_iter,), jnp.nan, dtype),
+        report_at=jnp.zeros((), jnp.int32),
     )
 
 
@@ -269,7 +271,7 @@ def em_iteration(state: EMState, em_data: EMData, config: FitConfig) -> EMState:
     finite = jnp.isfinite(value) & all_finite(new_params)
     done = is_done(config.criterion, value, state.objective, new_params, state.params, tol)
     n_iter = state.n_iter + 1
-    progress.report(config, n_iter, value, state.objective, is_running(state))
+    report_at = progress.report_paced(config, state.report_at, n_iter, value, state.objective, is_running(state))
     keep = lambda new, old: tree_where(finite, new, old)
     last_finite = tree_where(jnp.isfinite(value), state.params, state.previous)
     return EMState(
@@ -280,6 +282,7 @@ def em_iteration(state: EMState, em_data: EMData, config: FitConfig) -> EMState:
         n_iter=n_iter,
         status=next_status(finite, done, n_iter, config.max_iter),
         trace=state.trace.at[state.n_iter].set(value),
+        report_at=report_at,
     )
 
 

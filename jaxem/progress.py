@@ -12,8 +12,17 @@ keeps computing and discards, are not reported.
 On the host, a callable is called once per reported run with NumPy scalars
 `(n_iter, objective, change)`, in the runs' order; one with a true attribute `batched`
 (as `Printer`) is called once per iteration with 1-D NumPy arrays over those runs.
-`Printer`, what `jaxem.fit(progress=True)` uses, throttles on the host: it prints at most
-one line per `interval` seconds, of the best run.
+`Printer`, what `jaxem.fit(progress=True)` uses, prints at most one line per `interval`
+seconds, of the best run.
+
+A host call costs more than its own work: inside a loop whose operations use XLA's thread
+pool it adds ~0.2-1 ms per iteration on CPU (benchmarks/bench_progress.py), a few percent
+of a 30 ms iteration. So plain EM's loop paces its calls (`report_paced`): a callable with
+a positive attribute `interval` (seconds; the Printer's) is called again only after about
+interval / 2 of iterations at the pace measured between its calls (the stride at most
+doubling from one call to the next, from 1), the skipped iterations costing one integer
+comparison; without `interval` it is called after every iteration. The accelerators'
+loops (2-3 E-steps per iteration) report every iteration (`report`).
 """
 
 from __future__ import annotations
@@ -33,8 +42,41 @@ def report(config: Any, n_iter: jax.Array, value: jax.Array, previous: jax.Array
     vmapped loop also steps the runs that have stopped, and those are not reported)."""
     if config.progress is None:
         return
-    fields = [jnp.asarray(n_iter), jnp.asarray(value), jnp.asarray(value - previous), jnp.asarray(running, jnp.uint8)]
-    _send(_Deliver(config.progress, tuple(field.dtype for field in fields)), _pack(fields))
+    fields = _fields(n_iter, value, previous, running)
+    _send(_Deliver(config.progress, _dtypes(fields)), _pack(fields))
+
+
+def report_paced(
+    config: Any, report_at: jax.Array, n_iter: jax.Array, value: jax.Array, previous: jax.Array, running: Any = True
+) -> jax.Array:
+    """`report`, but for a progress callable with a positive `interval` only once the run's
+    iteration count reaches `report_at` (a loop-carried int32, 0 at the start): returns the
+    next `report_at`, n_iter + the stride the host asks for after a call (module
+    docstring), `report_at` unchanged when nothing was sent. Under vmap one host call goes
+    for all runs when any running run is due."""
+    if config.progress is None:
+        return report_at
+    if not _interval(config.progress) > 0:
+        report(config, n_iter, value, previous, running)
+        return report_at
+    fields = _fields(n_iter, value, previous, running)
+    due = jnp.asarray(running, bool) & (n_iter >= report_at)
+    deliver = _Deliver(config.progress, _dtypes(fields))
+    stride = _send_when_due(deliver, _Pace.of(deliver), _pack(fields), due)
+    return jnp.where(stride > 0, n_iter + stride, report_at).astype(jnp.int32)
+
+
+def _interval(progress: Callable) -> float:
+    return float(getattr(progress, "interval", 0) or 0)
+
+
+def _fields(n_iter, value, previous, running) -> list[jax.Array]:
+    """What a report carries: n_iter, the objective, its change, whether running."""
+    return [jnp.asarray(n_iter), jnp.asarray(value), jnp.asarray(value - previous), jnp.asarray(running, jnp.uint8)]
+
+
+def _dtypes(fields: list[jax.Array]) -> tuple:
+    return tuple(field.dtype for field in fields)
 
 
 def _pack(fields: list[jax.Array]) -> jax.Array:
@@ -62,6 +104,32 @@ def _send(deliver: Callable, packed: jax.Array) -> None:
     send(jax.lax.stop_gradient(packed))
 
 
+def _send_when_due(deliver: Callable, pace: Callable, packed: jax.Array, due: jax.Array) -> jax.Array:
+    """Where `due`: jax.debug.callback(deliver, packed) and the stride pace(packed) asks for
+    (int32 >= 1), else 0; once per vmapped batch, due where any member is, the stride one
+    for the whole batch. Two host calls: the stride must come back, and only
+    jax.debug.callback (which returns nothing) may run in a while loop with a batched
+    predicate (vmapped restarts); its side effect also keeps XLA from dropping the
+    stride's pure_callback with the loop-carried report_at."""
+
+    @jax.custom_batching.custom_vmap
+    def send(packed, due):
+        def call(packed):
+            jax.debug.callback(deliver, packed)
+            return jax.pure_callback(pace, jax.ShapeDtypeStruct((), jnp.int32), packed)
+
+        return jax.lax.cond(due, call, lambda packed: jnp.zeros((), jnp.int32), packed)
+
+    @send.def_vmap
+    def send_batched(axis_size, in_batched, packed, due):
+        packed_batched, due_batched = in_batched
+        if not packed_batched:
+            packed = jnp.broadcast_to(packed, (axis_size, *packed.shape))
+        return send(packed, jnp.any(due) if due_batched else due), False
+
+    return send(jax.lax.stop_gradient(packed), jax.lax.stop_gradient(due))
+
+
 class _Deliver:
     """The host side of `report`: unpacks the vectors of the runs and hands those that
     were running to the progress callable (module docstring). Equal for the same callable
@@ -77,7 +145,8 @@ class _Deliver:
     def __hash__(self):
         return hash((_Deliver, id(self.progress), self.dtypes))
 
-    def __call__(self, packed) -> None:
+    def unpack(self, packed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(n_iter, objective, change) of the runs that were running, 1-D over runs."""
         packed = np.asarray(packed)
         rows = packed.reshape(-1, packed.shape[-1])
         fields, start = [], 0
@@ -86,13 +155,50 @@ class _Deliver:
             start += dtype.itemsize
         n_iter, value, change, running = fields
         running = running.astype(bool)
-        n_iter, value, change = n_iter[running], value[running], change[running]
+        return n_iter[running], value[running], change[running]
+
+    def __call__(self, packed) -> None:
+        n_iter, value, change = self.unpack(packed)
         if getattr(self.progress, "batched", False):
             if n_iter.size:
                 self.progress(n_iter, value, change)
             return
         for run in range(n_iter.size):
             self.progress(n_iter[run], value[run], change[run])
+
+
+class _Pace:
+    """The host side of the stride between paced reports (module docstring): about
+    `interval` / 2 seconds of iterations at the pace measured since the previous call, at
+    least 1 and at most twice the previous stride; 1 for the first call of a fit (an
+    iteration count that did not grow). Equal for equal deliveries, as _Deliver."""
+
+    def __init__(self, deliver: _Deliver):
+        self.deliver = deliver
+        self.last = None  # (time, iteration, stride) of the previous call
+
+    _made: dict = {}
+
+    @classmethod
+    def of(cls, deliver: _Deliver) -> "_Pace":
+        """One pace per delivery, so that a retraced loop finds the same callback."""
+        return cls._made.setdefault(deliver, cls(deliver))
+
+    def __call__(self, packed) -> np.ndarray:
+        n_iter = self.deliver.unpack(packed)[0]
+        return np.asarray(self.stride(int(n_iter.max()) if n_iter.size else None), np.int32)
+
+    def stride(self, n_iter: int | None) -> int:
+        interval = _interval(self.deliver.progress)
+        if n_iter is None:
+            return 1
+        now = time.monotonic()
+        stride = 1
+        if self.last is not None and n_iter > self.last[1]:
+            seconds_per_iteration = max(now - self.last[0], 1e-9) / (n_iter - self.last[1])
+            stride = int(min(max(0.5 * interval / seconds_per_iteration, 1), 2 * self.last[2]))
+        self.last = (now, n_iter, stride)
+        return stride
 
 
 class Printer:

@@ -119,3 +119,24 @@ def test_progress_true_prints_and_bad_progress_raises(capfd):
     assert err.count("iter      1  objective") == 1 and "(best of 2 running)" in err
     with pytest.raises(ValueError, match="progress"):
         jaxem.fit(jaxem.GaussianMixture(2), data(), key=jax.random.key(0), progress="yes")
+
+
+def test_a_callable_with_an_interval_is_paced_and_sees_the_fit_trace():
+    # With a positive `interval` the loop calls the host again only after a stride of
+    # iterations, at most doubling from call to call: an interval of 1e9 s makes the
+    # doubling the rule (iterations 1, 2, 4, 8, ...), whatever the machine's speed, and one
+    # of 1e-9 s asks for stride 1 (every iteration).
+    for interval, expected in ((1e9, [1, 2, 4, 8, 16, 32]), (1e-9, list(range(1, 41)))):
+        for diff in ("implicit", "unroll")[: 2 if interval > 1 else 1]:
+            batches = []
+
+            def record(n_iter, value, change):
+                batches.append((np.array(n_iter), np.array(value)))
+
+            record.batched, record.interval = True, interval
+            result = jaxem.fit(jaxem.GaussianMixture(2), data(), key=jax.random.key(0), n_restarts=3, max_iter=40,
+                               tol=0.0, diff=diff, progress=record)
+            assert [int(n[0]) for n, _ in batches] == expected, (interval, diff)
+            for n, values in batches:
+                assert len(n) == 3 and (n == n[0]).all()
+                np.testing.assert_array_equal(values, np.asarray(result.restarts.trace)[:, n[0] - 1])

@@ -777,7 +777,8 @@ class GaussianHMM(_BaseHMM):
     missing: None (default; NaN is an error) or "em": NaN entries are missing values (missing
     at random), fitted by `jaxem.fit(..., missing="em")`; every step's emission density is
     that of its observed coordinates (a step may miss every entry: its emission is 1), in
-    the fit and in score, score_samples, predict_proba, decode, predict, bic and aic.
+    the fit and in score, score_samples, predict_proba, decode, predict, bic and aic;
+    `impute` fills NaN with the conditional means given the observed entries.
     """
 
     __doc__ += _HMM_COMMON
@@ -824,6 +825,13 @@ class GaussianHMM(_BaseHMM):
     @covars_.setter
     def covars_(self, covars):
         self._covars_ = np.array(covars, copy=True)
+
+    def impute(self, X, lengths=None):
+        """X with every NaN replaced by its conditional mean given every observed entry of its
+        sequence, sum_k p(z_t = k | observed) E[x_t | x_t,o, z_t = k] (`jaxem.GaussianHMM.impute`):
+        (n_samples, n_features)."""
+        model, params, data = self._fitted(X, lengths)
+        return np.array(model.impute(params, data)[0])
 
 
 class CategoricalHMM(_BaseHMM):

@@ -1,7 +1,7 @@
 """jaxem.sklearn.GaussianHMM with missing="em": the fit is the jaxem.fit(..., missing="em")
-call it makes, and score, predict_proba, decode and predict on sequences with NaN equal a
-numpy forward-backward / Viterbi whose emissions are the scipy Gaussian densities of each
-step's observed coordinates. Float64 comes from tests/conftest.py."""
+call it makes, and score, predict_proba, decode, predict and impute on sequences with NaN
+equal a numpy forward-backward / Viterbi whose emissions are the scipy Gaussian densities
+of each step's observed coordinates. Float64 comes from tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -73,6 +73,14 @@ def _viterbi(log_b, pi, A):
     return float(np.max(delta)), np.array(path[::-1])
 
 
+def _conditional_mean(x, mean, cov):
+    """E[x | x_o] under N(mean, cov): x with its NaN entries filled."""
+    o, m = ~np.isnan(x), np.isnan(x)
+    filled = x.copy()
+    filled[m] = mean[m] + (cov[np.ix_(m, o)] @ np.linalg.solve(cov[np.ix_(o, o)], x[o] - mean[o]) if o.any() else 0.0)
+    return filled
+
+
 def _reference(est, X, lengths):
     """(total log-likelihood, posteriors (n, K), Viterbi log-probability, Viterbi path (n,))
     of X under the estimator's fitted attributes."""
@@ -121,6 +129,11 @@ def test_predictions_on_missing_data_match_numpy(fitted):
     map_log_prob, map_states = est.decode(holes, LENGTHS, algorithm="map")
     np.testing.assert_array_equal(map_states, np.argmax(posteriors, axis=1))
     np.testing.assert_allclose(map_log_prob, np.max(posteriors, axis=1).sum(), rtol=1e-9)
+    imputed = np.stack([
+        sum(p * _conditional_mean(x, mean, cov) for p, mean, cov in zip(row, est.means_, est.covars_))
+        for x, row in zip(holes, posteriors)
+    ])
+    np.testing.assert_allclose(est.impute(holes, LENGTHS), imputed, rtol=1e-9, atol=1e-12)
     k, d = 2, holes.shape[1]
     n_params = (k - 1) + k * (k - 1) + k * d + k * d * (d + 1) // 2
     np.testing.assert_allclose(est.bic(holes, LENGTHS), -2 * log_lik + n_params * np.log(len(holes)), rtol=1e-9)

@@ -38,7 +38,8 @@ follows is about the others:
   missing="em")`; `transform` is E[z | x_o], `score_samples` log p(x_o), `impute` fills NaN
   with E[x_m | x_o]; the `allow_nan` tag follows the parameter. GaussianHMM takes it too:
   every step's emission density is that of its observed coordinates (a step may miss
-  every entry), in the fit and in score, predict_proba, decode and predict.
+  every entry), in the fit and in score, predict_proba, decode and predict; its `impute`
+  conditions on every observed entry of the sequence.
 """
 
 from __future__ import annotations

@@ -277,6 +277,7 @@ class _Stream:
         self.source = source
         self.chunk_size = chunk_size
         self.first = None
+        self.zeros = None
 
     def first_block(self):
         if self.first is None:
@@ -294,6 +295,12 @@ class _Stream:
         for X, w in self.source:
             yield _device_block(self.model, X, w, self.source.block_size)
 
+    def zero_totals(self, params, data, weights):
+        """`_zero_totals` of the block E-step, traced once per fit (shapes do not change)."""
+        if self.zeros is None:
+            self.zeros = _zero_totals(self.model, params, data, weights, self.chunk_size)
+        return self.zeros
+
     def e_pass(self, params):
         """(summed statistics, summed log-likelihood, total weight) at params: one pass.
 
@@ -304,7 +311,7 @@ class _Stream:
         total = previous = None
         for data, weights in self.blocks():
             if total is None:
-                total = _zero_totals(self.model, params, data, weights, self.chunk_size)
+                total = self.zero_totals(params, data, weights)
             if previous is not None:
                 jax.block_until_ready(previous)
             previous = total
@@ -434,7 +441,7 @@ def fit_stream(
     m_state = model.init_m_state(params)
     dtype = units.float_dtype(stream.first_block()[0])
     first = stream.first_block()
-    _check_maximize_without_data(model, params, m_state, _zero_totals(model, params, *first, stream.chunk_size)[0], "fit_stream")
+    _check_maximize_without_data(model, params, m_state, stream.zero_totals(params, *first)[0], "fit_stream")
     stream.first = None  # the first pass reads the first block again; free it meanwhile
 
     state = core.start_state(params, m_state, dtype, config.max_iter)
@@ -579,7 +586,7 @@ def fit_online(
     m_state = model.init_m_state(params)
     first = stream.first_block()
     dtype = units.float_dtype(first[0])
-    zeros = _zero_totals(model, params, *first, stream.chunk_size)
+    zeros = stream.zero_totals(params, *first)
     _check_maximize_without_data(model, params, m_state, zeros[0], "fit_online")
     reframe_statistics(model, zeros[0], params, params)  # refuse unsupported families early
     stream.first = None

@@ -27,6 +27,11 @@ are independent of the observed ones given the component) and it is one GEMM eac
 Inside a user's jit the patterns are unknown: every row takes the per-row conditional
 E-step with W = D. With an explicit chunk_size, a chunk of complete rows takes the base
 E-step and any other chunk the per-row one (one `lax.cond` per chunk).
+Streamed fits (jaxem.stream, `streamed`) see the data one block at a time, so neither can
+the patterns of the whole data be known nor the rows be ordered: `StreamedMissingValues`
+runs each block (or chunk of a block) as such a chunk, with W = D, in one program compiled
+for the block's shape; the checks on whole columns are made over each pass
+(`check_block_rows`, `check_observed_columns`).
 """
 
 from __future__ import annotations
@@ -258,13 +263,7 @@ def prepare(model: Any, X: Any, sample_weight: Any) -> tuple[MissingValues, Any,
     """
     if callable(getattr(model, "with_missing_values", None)):  # GaussianHMM: in its emissions
         return model.with_missing_values(X), X, sample_weight
-    for hook in ("gaussian_components", "statistics_from_moments"):
-        if not callable(getattr(model, hook, None)):
-            raise TypeError(
-                f'missing="em" needs a model with Gaussian components (GaussianMixture, '
-                f"FactorAnalysis, PPCA, MixtureOfFactorAnalyzers, GaussianHMM); "
-                f"{type(model).__name__} has no {hook}."
-            )
+    check_gaussian_components(model)
     if validation.is_traced(X):
         return MissingValues(model, 0, validation.as_data(X, allow_nan=True).shape[1]), X, sample_weight
     validation.as_data(X, allow_nan=True)
@@ -297,6 +296,17 @@ def prepare(model: Any, X: Any, sample_weight: Any) -> tuple[MissingValues, Any,
     n_complete = int(np.sum(n_missing == 0))
     wrapped = MissingValues(model, n_complete, max(int(n_missing.max()), 1), patterns, block_size, groups)
     return wrapped, np.asarray(X)[order], weights
+
+
+def check_gaussian_components(model: Any) -> None:
+    """Raise TypeError unless model has the hooks `MissingValues` needs."""
+    for hook in ("gaussian_components", "statistics_from_moments"):
+        if not callable(getattr(model, hook, None)):
+            raise TypeError(
+                f'missing="em" needs a model with Gaussian components (GaussianMixture, '
+                f"FactorAnalysis, PPCA, MixtureOfFactorAnalyzers, GaussianHMM); "
+                f"{type(model).__name__} has no {hook}."
+            )
 
 
 def pattern_order(group: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -348,6 +358,49 @@ def pattern_keys(missing: np.ndarray) -> np.ndarray:
     return missing
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class StreamedMissingValues(MissingValues):
+    """`MissingValues` for data seen one block of rows at a time (jaxem.stream, `streamed`):
+    no rows ordered, no patterns known (n_complete = 0, width = D, patterns = ()).
+
+    A block is validated alone: a column may be missing throughout one block, and rows with
+    every entry missing are left to the stream (`check_block_rows` numbers them in the
+    stream). Unchunked, a block is one chunk (`ChunkRows`), so `MissingValues.e_step` gives
+    a block without missing entries the base model's own E-step and any other block the
+    per-row conditional E-step of width D (one `lax.cond`); chunked, each chunk chooses.
+    """
+
+    def as_data(self, X: Any) -> cg.PartialRows:
+        """PartialRows of a block X (n, D), NaN where missing, with D slots per row (missing
+        entries at the block's column means, 0 in a column missing throughout the block)."""
+        values = validation.as_data(X, allow_nan=True)
+        rows = _partial_rows(values, self.width)
+        self.base.check_data(rows.values)
+        return rows
+
+    def precompute(self, data: cg.PartialRows) -> ChunkRows:
+        """The block as one chunk, in both forms."""
+        return ChunkRows(self.base.precompute(data.values), data)
+
+
+def streamed(model: Any, n_features: int) -> StreamedMissingValues:
+    """model wrapped for streamed fits with missing values to blocks of n_features columns.
+
+    Raises:
+      TypeError: a model without Gaussian components over rows (GaussianHMM included: its
+        missing entries are in its emissions, which `prepare` sizes on the whole data).
+    """
+    if callable(getattr(model, "with_missing_values", None)):
+        raise TypeError(
+            f'streamed fits with missing="em" support models of independent rows with Gaussian '
+            f"components (GaussianMixture, FactorAnalysis, PPCA, MixtureOfFactorAnalyzers); fit "
+            f'{type(model).__name__} with missing values in memory with jaxem.fit(..., missing="em").'
+        )
+    check_gaussian_components(model)
+    return StreamedMissingValues(model, 0, n_features)
+
+
 def partial_rows(X: Any, width: int | None) -> cg.PartialRows:
     """Rows X (n, D) with NaN marking missing entries, as PartialRows with `width` slots per
     row for missing columns (None: the most any row has, at least 1).
@@ -373,16 +426,27 @@ _partial_rows = jax.jit(cg.partial_rows, static_argnames="width")
 def check_missing_pattern(missing: np.ndarray) -> int:
     """Every row and every column needs an observed entry; returns the most entries any row
     misses."""
+    check_block_rows(missing, 0)
+    check_observed_columns(~missing.all(axis=0))
+    return int(missing.sum(axis=1).max(initial=0))
+
+
+def check_block_rows(missing: np.ndarray, first_row: int) -> None:
+    """Every row of the mask missing (n, D) needs an observed entry; rows are numbered from
+    first_row in the message (a block's place in a stream)."""
     empty_rows = np.flatnonzero(missing.all(axis=1))
     if empty_rows.size:
         raise ValueError(
             f"X has {empty_rows.size} row(s) with every entry missing (the first is row "
-            f"{int(empty_rows[0])}); they carry no information: drop them before fitting."
+            f"{first_row + int(empty_rows[0])}); they carry no information: drop them before fitting."
         )
-    empty_columns = np.flatnonzero(missing.all(axis=0))
+
+
+def check_observed_columns(observed: np.ndarray) -> None:
+    """Every column needs an observed entry: observed (D,) bool, whether each has one."""
+    empty_columns = np.flatnonzero(~observed)
     if empty_columns.size:
         raise ValueError(f"X has column(s) {empty_columns.tolist()} with every entry missing.")
-    return int(missing.sum(axis=1).max(initial=0))
 
 
 def rows_to_predict(X: Any) -> cg.PartialRows:

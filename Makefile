@@ -15,7 +15,7 @@ demo: $(STAMP)
 	$(VENV)/bin/jaxem demo
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=30
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_gmm.py

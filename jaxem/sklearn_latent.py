@@ -622,11 +622,9 @@ class _BaseHMM(BaseEstimator):
         fixed = [field for code, (_, field) in self._letters.items() if code not in self.params]
         model = self._make_model(X, fixed)
         missing = "em" if np.isnan(X).any() else None  # only with self.missing == "em"
-        empty = np.flatnonzero(np.isnan(X).all(axis=0))
-        if empty.size:  # jaxem's HMM would fit them, from the prior alone
-            raise ValueError(f"X has column(s) {empty.tolist()} with every entry missing.")
         # With NaN, jaxem.fit(missing="em") fits the model with missing_width from the data
-        # (with_missing_values); that model also reads the data and draws the starts made here.
+        # (with_missing_values, which refuses a column with every entry missing); that model
+        # also reads the data and draws the starts made here.
         reader = model if missing is None else model.with_missing_values((X, lengths))
         data = reader.as_data((X, lengths))
         n_sequences = int(data.lengths.shape[0])

@@ -355,6 +355,10 @@ def test_gaussian_hmm_matches_the_numpy_reference():
     np.testing.assert_allclose(result.trace, trace, rtol=1e-11)
     with pytest.raises(ValueError, match='missing="em"'):
         jaxem.fit(model, (X, HMM_LENGTHS), key=jax.random.PRNGKey(0))
+    no_column = X.copy()
+    no_column[:, 1] = np.nan  # nothing to fit its mean and variance to
+    with pytest.raises(ValueError, match=r"column\(s\) \[1\] with every entry missing"):
+        jaxem.fit(model, (no_column, HMM_LENGTHS), key=jax.random.PRNGKey(0), missing="em")
 
     # impute: the conditional moments given every observed entry of the sequence.
     imputed, covariances = model.impute(result.params, (X, HMM_LENGTHS))

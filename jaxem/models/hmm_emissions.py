@@ -123,13 +123,21 @@ class GaussianHMM(HMMModel):
 
     def with_missing_values(self, X: Any) -> "GaussianHMM":
         """This model with missing_width set to the most NaN entries of any valid step of X
-        (at least 1; n_features when X is traced)."""
+        (at least 1; n_features when X is traced).
+
+        Raises:
+          ValueError: a feature with every entry missing (its mean and variance would come
+            from the start and the prior alone).
+        """
         data, _ = as_sequences(X, allow_nan=True)
         if validation.is_traced(data.observations) or validation.is_traced(data.lengths):
             width = data.observations.shape[-1]
         else:
-            valid = np.asarray(valid_steps(data))
-            width = int(np.isnan(np.asarray(data.observations)).sum(axis=-1)[valid].max(initial=0))
+            missing = np.isnan(np.asarray(data.observations))[np.asarray(valid_steps(data))]  # (valid steps, D)
+            empty = np.flatnonzero(missing.all(axis=0))
+            if empty.size:
+                raise ValueError(f"X has column(s) {empty.tolist()} with every entry missing.")
+            width = int(missing.sum(axis=-1).max(initial=0))
         return dataclasses.replace(self, missing_width=max(width, 1))
 
     def impute(self, params: GaussianHMMParams, X: Any) -> tuple[jax.Array, jax.Array]:

@@ -30,8 +30,10 @@ E-step and any other chunk the per-row one (one `lax.cond` per chunk).
 Streamed fits (jaxem.stream, `streamed`) see the data one block at a time, so neither can
 the patterns of the whole data be known nor the rows be ordered: `StreamedMissingValues`
 runs each block (or chunk of a block) as such a chunk, with W = D, in one program compiled
-for the block's shape; the checks on whole columns are made over each pass
-(`check_block_rows`, `check_observed_columns`).
+for the block's shape. With few features every possible pattern is tabulated (2^D of
+them, a row's index its bit field), so the blocks are factorised once per pattern, not per
+row; diagonal covariances take `diagonal_e_step` as above. The checks on whole columns are
+made over each pass (`check_block_rows`, `check_observed_columns`).
 """
 
 from __future__ import annotations
@@ -362,13 +364,16 @@ def pattern_keys(missing: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class StreamedMissingValues(MissingValues):
     """`MissingValues` for data seen one block of rows at a time (jaxem.stream, `streamed`):
-    no rows ordered, no patterns known (n_complete = 0, width = D, patterns = ()).
+    no rows ordered (n_complete = 0), width = D, and `patterns` either every subset of the D
+    columns (`every_pattern`: a row's index is its bit field, `pattern_keys`) or () (each
+    row factorised on its own).
 
     A block is validated alone: a column may be missing throughout one block, and rows with
     every entry missing are left to the stream (`check_block_rows` numbers them in the
     stream). Unchunked, a block is one chunk (`ChunkRows`), so `MissingValues.e_step` gives
     a block without missing entries the base model's own E-step and any other block the
-    per-row conditional E-step of width D (one `lax.cond`); chunked, each chunk chooses.
+    conditional E-step (one `lax.cond`); chunked, each chunk chooses. Diagonal covariances:
+    every block on `diagonal_e_step`.
     """
 
     def as_data(self, X: Any) -> cg.PartialRows:
@@ -377,15 +382,38 @@ class StreamedMissingValues(MissingValues):
         values = validation.as_data(X, allow_nan=True)
         rows = _partial_rows(values, self.width)
         self.base.check_data(rows.values)
+        if self.patterns:
+            rows = rows._replace(pattern=jnp.asarray(pattern_keys(np.isnan(np.asarray(values))), jnp.int32))
         return rows
 
-    def precompute(self, data: cg.PartialRows) -> ChunkRows:
-        """The block as one chunk, in both forms."""
+    def precompute(self, data: cg.PartialRows) -> ChunkRows | SplitRows:
+        """The block as one chunk, in both forms; diagonal: its observed features."""
+        if self._diagonal:
+            return SplitRows(None, cg.observed_features(data))
         return ChunkRows(self.base.precompute(data.values), data)
 
+    def precompute_chunks(self, chunks: cg.PartialRows) -> ChunkRows | SplitRows:
+        if self._diagonal:
+            return SplitRows(None, jax.vmap(cg.observed_features)(chunks))
+        return super().precompute_chunks(chunks)
 
-def streamed(model: Any, n_features: int) -> StreamedMissingValues:
-    """model wrapped for streamed fits with missing values to blocks of n_features columns.
+
+# Streamed E-steps tabulate all 2^D patterns when there are at most this many, and at
+# least TABULATED_PATTERN_ROWS rows per pattern in a block (or chunk); else every row is
+# factorised on its own. A table costs 2^D K factorisations of D x D per E-step call.
+MAX_TABULATED_PATTERNS = 1024
+TABULATED_PATTERN_ROWS = 4
+
+
+def every_pattern(n_features: int) -> tuple:
+    """Every subset of n_features columns, as sorted tuples, the i-th holding the columns of
+    the set bits of i (so `pattern_keys` of a row is its index; the empty one first)."""
+    return tuple(tuple(c for c in range(n_features) if key >> c & 1) for key in range(2**n_features))
+
+
+def streamed(model: Any, n_features: int, n_rows: int) -> StreamedMissingValues:
+    """model wrapped for streamed fits with missing values to blocks of n_features columns,
+    whose E-step runs n_rows rows at a time (a block, or a chunk of one).
 
     Raises:
       TypeError: a model without Gaussian components over rows (GaussianHMM included: its
@@ -398,7 +426,11 @@ def streamed(model: Any, n_features: int) -> StreamedMissingValues:
             f'{type(model).__name__} with missing values in memory with jaxem.fit(..., missing="em").'
         )
     check_gaussian_components(model)
-    return StreamedMissingValues(model, 0, n_features)
+    wrapped = StreamedMissingValues(model, 0, n_features)
+    n_patterns = 2**n_features if n_features < 31 else math.inf
+    if wrapped._diagonal or n_patterns > min(MAX_TABULATED_PATTERNS, n_rows // TABULATED_PATTERN_ROWS):
+        return wrapped
+    return dataclasses.replace(wrapped, patterns=every_pattern(n_features))
 
 
 def partial_rows(X: Any, width: int | None) -> cg.PartialRows:

@@ -115,7 +115,9 @@ def fit(
         called on the host with NumPy scalars after every iteration of every restart still
         running (EM steps and SQUAREM cycles), in restart order; the restarts of an
         iteration make one host call together. A callable with `batched = True` is called
-        once per iteration with 1-D arrays over the running restarts instead. The callable
+        once per iteration with 1-D arrays over the running restarts instead. One with a
+        positive attribute `interval` (seconds, as the printer's) is paced by plain EM:
+        called again after about interval / 2 of iterations (jaxem.progress). The callable
         is part of the compiled program's key: pass the same one to reuse it.
       resume: a FitResult of a plain-EM fit of this model on the same data (or one
         loaded with jaxem.load) to continue: every restart carries on from its params,

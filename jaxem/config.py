@@ -35,7 +35,8 @@ class FitConfig:
     vmap_slots: problems in flight when a fit is vmapped over data sets ("auto", an int,
       or None for lockstep; jaxem.schedule).
     progress: None, or a callable (n_iter, objective, change) called from inside the
-      compiled loop after every iteration of every run (jaxem.progress).
+      compiled loop after every iteration of every run, or paced when it has a positive
+      `interval` attribute (jaxem.progress).
     """
 
     n_restarts: int = 1

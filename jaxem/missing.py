@@ -33,7 +33,7 @@ runs each block (or chunk of a block) as such a chunk, with W = D, in one progra
 for the block's shape. With few features every possible pattern is tabulated (2^D of
 them, a row's index its bit field), so the blocks are factorised once per pattern, not per
 row; diagonal covariances take `diagonal_e_step` as above. The checks on whole columns are
-made over each pass (`check_block_rows`, `check_observed_columns`).
+made over each pass (`check_block_rows`, `validation.check_observed_columns`).
 """
 
 from __future__ import annotations
@@ -459,7 +459,7 @@ def check_missing_pattern(missing: np.ndarray) -> int:
     """Every row and every column needs an observed entry; returns the most entries any row
     misses."""
     check_block_rows(missing, 0)
-    check_observed_columns(~missing.all(axis=0))
+    validation.check_observed_columns(~missing.all(axis=0))
     return int(missing.sum(axis=1).max(initial=0))
 
 
@@ -472,13 +472,6 @@ def check_block_rows(missing: np.ndarray, first_row: int) -> None:
             f"X has {empty_rows.size} row(s) with every entry missing (the first is row "
             f"{first_row + int(empty_rows[0])}); they carry no information: drop them before fitting."
         )
-
-
-def check_observed_columns(observed: np.ndarray) -> None:
-    """Every column needs an observed entry: observed (D,) bool, whether each has one."""
-    empty_columns = np.flatnonzero(~observed)
-    if empty_columns.size:
-        raise ValueError(f"X has column(s) {empty_columns.tolist()} with every entry missing.")
 
 
 def rows_to_predict(X: Any) -> cg.PartialRows:

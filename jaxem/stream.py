@@ -350,7 +350,7 @@ class _Stream:
                 observed, first_row = seen if observed is None else observed | seen, first_row + X.shape[0]
             yield block
         if self.missing:
-            missing_lib.check_observed_columns(observed)
+            validation.check_observed_columns(observed)
 
     def zero_totals(self, params, data, weights):
         """`_zero_totals` of the block E-step, traced once per fit (shapes do not change)."""

@@ -147,3 +147,11 @@ def check_non_negative(value: Any, name: str) -> Any:
     if not np.isfinite(number) or number < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
     return value
+
+
+def check_observed_columns(observed: np.ndarray) -> None:
+    """Every column needs an observed entry (missing values): observed (D,) bool, whether
+    each column has one. Raises ValueError naming those that have none."""
+    empty_columns = np.flatnonzero(~np.asarray(observed))
+    if empty_columns.size:
+        raise ValueError(f"X has column(s) {empty_columns.tolist()} with every entry missing.")

@@ -134,9 +134,7 @@ class GaussianHMM(HMMModel):
             width = data.observations.shape[-1]
         else:
             missing = np.isnan(np.asarray(data.observations))[np.asarray(valid_steps(data))]  # (valid steps, D)
-            empty = np.flatnonzero(missing.all(axis=0))
-            if empty.size:
-                raise ValueError(f"X has column(s) {empty.tolist()} with every entry missing.")
+            validation.check_observed_columns(~missing.all(axis=0))
             width = int(missing.sum(axis=-1).max(initial=0))
         return dataclasses.replace(self, missing_width=max(width, 1))
 

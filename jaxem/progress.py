@@ -62,7 +62,7 @@ def report_paced(
     fields = _fields(n_iter, value, previous, running)
     due = jnp.asarray(running, bool) & (n_iter >= report_at)
     deliver = _Deliver(config.progress, _dtypes(fields))
-    stride = _send_when_due(deliver, _Pace.of(deliver), _pack(fields), due)
+    stride = _send_when_due(deliver, _Pace(deliver), _pack(fields), due)
     return jnp.where(stride > 0, n_iter + stride, report_at).astype(jnp.int32)
 
 
@@ -171,18 +171,18 @@ class _Pace:
     """The host side of the stride between paced reports (module docstring): about
     `interval` / 2 seconds of iterations at the pace measured since the previous call, at
     least 1 and at most twice the previous stride; 1 for the first call of a fit (an
-    iteration count that did not grow). Equal for equal deliveries, as _Deliver."""
+    iteration count that did not grow). Equal for equal deliveries, as _Deliver, so that
+    retracing finds the same callback."""
 
     def __init__(self, deliver: _Deliver):
         self.deliver = deliver
         self.last = None  # (time, iteration, stride) of the previous call
 
-    _made: dict = {}
+    def __eq__(self, other):
+        return isinstance(other, _Pace) and other.deliver == self.deliver
 
-    @classmethod
-    def of(cls, deliver: _Deliver) -> "_Pace":
-        """One pace per delivery, so that a retraced loop finds the same callback."""
-        return cls._made.setdefault(deliver, cls(deliver))
+    def __hash__(self):
+        return hash((_Pace, self.deliver))
 
     def __call__(self, packed) -> np.ndarray:
         n_iter = self.deliver.unpack(packed)[0]

@@ -406,10 +406,12 @@ def width_e_step(
 
 
 def _inner(left: jax.Array, right: jax.Array) -> jax.Array:
-    """sum(left * right, axis=-1), as a sum of slices for a short last axis: XLA:CPU (jaxlib
-    0.10) turns a multiply-reduce over a short minor axis into a YNNPACK fusion that ran 7x
-    slower with a leading restart axis (vmap) than without."""
-    if left.shape[-1] > MISSING_UNROLL_FEATURES:
+    """sum(left * right, axis=-1), in float32 as a sum of slices for a short last axis:
+    XLA:CPU (jaxlib 0.10) turns a float32 multiply-reduce over a short minor axis into a
+    YNNPACK fusion that ran 7x slower with a leading restart axis (vmap) than without. In
+    float64 (no such fusion) the slices were slower than the reduction (D = 16 fit, 72 ->
+    103 ms per iteration)."""
+    if left.shape[-1] > MISSING_UNROLL_FEATURES or left.dtype != jnp.float32:
         return jnp.sum(left * right, axis=-1)
     return sum(left[..., i] * right[..., i] for i in range(left.shape[-1]))
 

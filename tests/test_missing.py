@@ -128,6 +128,22 @@ def test_gaussian_mixture_matches_the_numpy_reference_from_the_same_start(cov_ty
     assert np.all(np.diff(trace) > 0)
 
 
+def test_float32_per_row_path_matches_the_numpy_reference():
+    """The per-row E-step in float32 (its row quadratics are sums of slices there, a
+    reduction in float64) against the float64 numpy reference, to float32 accuracy."""
+    _, holes = _data()
+    model = jaxem.GaussianMixture(N_COMPONENTS, "full")
+    wrapped, _, _ = jaxem.missing.prepare(model, holes, None)
+    assert wrapped.groups and not wrapped.block_size  # the per-row path, in groups of one width
+    start = _start("full")
+    result = _fit(model, holes.astype(np.float32), init={k: v.astype(np.float32) for k, v in start.items()}, max_iter=6)
+    assert result.params.means.dtype == np.float32
+    w, mu, cov, trace = _reference_gmm(holes, start, "full", 6)
+    for got, want in zip(result.params, (w, mu, cov)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(result.trace, trace, rtol=1e-6)
+
+
 def test_chunks_weights_jit_and_acceleration_give_the_same_fit():
     """Chunks with complete, mixed and incomplete rows; integer weights = repeated rows;
     a fit inside jit (every row on the conditional E-step, W = D); SQUAREM to the optimum."""

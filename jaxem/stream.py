@@ -47,14 +47,16 @@ observed entries, and the objective is the observed-data log-likelihood (Gaussia
 FactorAnalysis, PPCA, MixtureOfFactorAnalyzers). jaxem.fit orders the rows of the whole
 data by missingness pattern and factorises once per pattern; a stream cannot, so the
 model is wrapped by `jaxem.missing.streamed`: a block (or chunk) without missing entries
-takes the base model's own E-step, any other the conditional E-step of width D, chosen by
-one `lax.cond` in the one compiled block program. Its D x D blocks are factorised once per
+takes the base model's own E-step, any other the conditional E-step, chosen by one
+`lax.cond` in the one compiled block program. Its D x D blocks are factorised once per
 pattern of a table of all 2^D patterns when D is small (at most
 jaxem.missing.MAX_TABULATED_PATTERNS patterns, and 4 rows per pattern in a block or
-chunk), else once per row and component, which costs far more than jaxem.fit's
-per-pattern factorisations (measured on a loaded 2-core CPU, N = 100k in blocks of 50k,
-K = 4, 10% missing, float32, per pass: D = 5 full 67 ms tabulated, 433 ms per row,
-against 13 ms for the complete data; D = 16, K = 8, per row, 3.7 s against 21 ms).
+chunk), else once per row and component on the W x W blocks of the row's missing
+entries, W the most any row has missed so far (the program is compiled again when a
+block needs more), which costs far more than jaxem.fit's per-pattern factorisations
+(measured on a loaded 2-core CPU, N = 100k in blocks of 50k, K = 4, 10% missing, float32,
+per pass: D = 5 full 67 ms tabulated, 433 ms per row with W = D, against 13 ms for the
+complete data; D = 16, K = 8, per row: 8.5 s with W = D, 3.4 s with W = 8, against 0.13-0.2 s).
 Diagonal covariances need no pattern (conditional_gaussian.diagonal_e_step: GEMMs as for
 complete rows). As in jaxem.fit, a row with every entry missing is an error (when
 its block is read), and so is a column with no observed entry in the whole stream (at the
@@ -310,7 +312,9 @@ class _Stream:
     """The blocks of a fit on the device, with one compiled block E-step.
 
     With missing="em", `model` becomes the given one wrapped by jaxem.missing.streamed when
-    the first block shows the number of features (`first_block`, which the fits call first).
+    the first block shows the number of features (`first_block`, which the fits call first),
+    and a copy with more slots per row whenever a block has a row that misses more entries
+    than any before it (`StreamedMissingValues.for_block`; the statistics keep their shape).
     """
 
     def __init__(self, model, source: Source, chunk_size, missing=None):
@@ -333,6 +337,8 @@ class _Stream:
             if self.missing and not isinstance(self.model, missing_lib.MissingValues):
                 rows = min(self.chunk_size or self.source.block_size, self.source.block_size)
                 self.model = missing_lib.streamed(self.model, np.shape(X)[-1], rows)
+            if self.missing:
+                self._make_room(np.isnan(X))
             self.first = _device_block(self.model, X, w, self.source.block_size)
         return self.first
 
@@ -342,15 +348,19 @@ class _Stream:
         column one in the pass (checked once the pass has read every block)."""
         observed, first_row = None, 0
         for X, w in self.source:
-            block = _device_block(self.model, X, w, self.source.block_size)
             if self.missing:
                 missing = np.isnan(X)
                 missing_lib.check_block_rows(missing, first_row)
                 seen = ~missing.all(axis=0)
                 observed, first_row = seen if observed is None else observed | seen, first_row + X.shape[0]
-            yield block
+                self._make_room(missing)
+            yield _device_block(self.model, X, w, self.source.block_size)
         if self.missing:
             validation.check_observed_columns(observed)
+
+    def _make_room(self, missing: np.ndarray) -> None:
+        if isinstance(self.model, missing_lib.StreamedMissingValues):
+            self.model = self.model.for_block(missing)
 
     def zero_totals(self, params, data, weights):
         """`_zero_totals` of the block E-step, traced once per fit (shapes do not change)."""
@@ -679,7 +689,7 @@ def fit_online(
             jax.block_until_ready(params)  # one block in flight (as _Stream.e_pass)
             eta = jnp.asarray(1.0 if t == 0 else step_size(t), dtype)
             (running, params, m_state, ok), (block_ll, block_w) = _online_step(
-                model, running, params, m_state, data, weights, eta, total_weight, stream.chunk_size
+                stream.model, running, params, m_state, data, weights, eta, total_weight, stream.chunk_size
             )
             log_lik, weight, finite = log_lik + block_ll, weight + block_w, finite & ok
             t += 1

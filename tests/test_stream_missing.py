@@ -2,7 +2,7 @@
 jaxem.fit(..., missing="em"), itself tested against a numpy EM in tests/test_missing.py.
 
 The stream sees one block at a time (no global pattern grouping, a per-row conditional
-E-step of width D, the base E-step on complete blocks), so equality with the in-memory fit
+E-step with as many slots as a row has needed so far, the base E-step on complete blocks), so equality with the in-memory fit
 (rows ordered and grouped by pattern) tests the bookkeeping of each block: padding,
 weights, complete and incomplete blocks, chunks. Float64 (tests/conftest.py).
 """
@@ -37,6 +37,11 @@ def _data(n_rows=N_ROWS, seed=0):
 
 
 X, W = _data()
+# X with at most one entry missing per row in the first block (the rest as X): a per-row
+# stream starts at one slot per row and widens to two at a later block.
+X_NARROW_START = X.copy()
+_first_nan = np.isnan(X[:BLOCK])
+X_NARROW_START[:BLOCK][_first_nan & (np.cumsum(_first_nan, axis=1) > 1)] = 0.5
 PIECES = [(0, 37), (37, 200), (200, 201), (201, N_ROWS)]  # uneven, regrouped into blocks of 64 (last: 44 rows)
 
 STARTS = {
@@ -80,20 +85,36 @@ def test_streamed_e_step_choice():
     assert missing.streamed(STARTS["fa"][0], 3, 16).patterns == ()
     assert missing.streamed(STARTS["diag"][0], 3, BLOCK).patterns == ()
     assert missing.streamed(STARTS["gmm"][0], 11, 10**6).patterns == ()  # 2048 > MAX_TABULATED_PATTERNS
+    # Per row, the slots grow with the most entries a block's row misses; a table or
+    # diagonal covariances keep D.
+    per_row = missing.streamed(STARTS["fa"][0], 3, 16)
+    assert per_row.width == 1
+    two = np.array([[True, False, True], [False, False, False]])
+    assert per_row.for_block(two).width == 2 and per_row.for_block(two[1:]) is per_row
+    assert missing.streamed(STARTS["gmm"][0], 3, BLOCK).for_block(two).width == 3
+    assert missing.streamed(STARTS["diag"][0], 3, BLOCK).for_block(two[1:]).width == 3
+    with pytest.raises(ValueError, match="misses 2 entries, more than width=1"):
+        per_row.as_data(np.where(two, np.nan, 1.0))
     masks = np.array([[c in columns for c in range(3)] for columns in table])
     np.testing.assert_array_equal(missing.pattern_keys(masks), np.arange(8))
 
 
 @pytest.mark.parametrize("name, chunk_size", [("gmm", None), ("fa", 16), ("diag", 16)])
-def test_stream_equals_the_in_memory_fit(name, chunk_size):
+def test_stream_equals_the_in_memory_fit(name, chunk_size, monkeypatch):
     # Full covariances in blocks of 64: the tabulated patterns; FactorAnalysis in chunks of
-    # 16 rows: per-row factorisations, each chunk choosing its E-step; diagonal: its own.
+    # 16 rows: per-row factorisations, each chunk choosing its E-step, one slot per row
+    # until the second block needs two; diagonal: its own.
     model, init = STARTS[name]
+    data = X_NARROW_START if name == "fa" else X
+    widths = []
+    widen = missing.StreamedMissingValues.for_block
+    monkeypatch.setattr(missing.StreamedMissingValues, "for_block", lambda self, m: widths.append(widen(self, m).width) or widen(self, m))
     options = dict(init=init, max_iter=40, tol=1e-8)
-    ref = jaxem.fit(model, X, key=KEY, sample_weight=W, missing="em", **options)
-    res = stream.fit_stream(model, weighted_pieces(X, W), block_size=BLOCK, chunk_size=chunk_size, missing="em", **options)
+    ref = jaxem.fit(model, data, key=KEY, sample_weight=W, missing="em", **options)
+    res = stream.fit_stream(model, weighted_pieces(data, W), block_size=BLOCK, chunk_size=chunk_size, missing="em", **options)
     assert int(res.n_iter) > 5
     assert_same_fit(res, ref)
+    assert sorted(set(widths)) == ([1, 2] if name == "fa" else [3]) and widths[0] == min(widths)
 
 
 def test_kmeans_start_sees_the_first_blocks_column_means():

@@ -31,7 +31,10 @@ Streamed fits (jaxem.stream, `streamed`) see the data one block at a time, so ne
 the patterns of the whole data be known nor the rows be ordered: `StreamedMissingValues`
 runs each block (or chunk of a block) as such a chunk, with W the most entries any row of
 the stream has missed so far (`for_block`: the program is compiled again when a block
-needs more slots), in one program compiled for the block's shape. With few features every possible pattern is tabulated (2^D of
+needs more slots), in one program compiled for the block's shape; unchunked blocks
+(`arranged`) are instead regrouped on the host into rows by how many entries they miss,
+each group padded to a capacity that grows when a block needs more, and each group takes
+`width_e_step` as jaxem.fit's width groups do. With few features every possible pattern is tabulated (2^D of
 them, a row's index its bit field), so the blocks are factorised once per pattern, not per
 row; diagonal covariances take `diagonal_e_step` as above. The checks on whole columns are
 made over each pass (`check_block_rows`, `validation.check_observed_columns`).
@@ -48,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
-from jaxem import validation
+from jaxem import parallel, units, validation
 from jaxem.models import conditional_gaussian as cg
 from jaxem.models.mixture import weighted_posterior
 from jaxem.protocol import Model
@@ -369,6 +372,13 @@ class StreamedMissingValues(MissingValues):
     (`every_pattern`: a row's index is its bit field, `pattern_keys`; width = D) or () (each
     row factorised on its own, width the most entries a row has missed so far, `for_block`).
 
+    arranged: the stream's blocks are unchunked, so each block's rows are reordered on the
+    host (`arrange_block`: complete rows first, then by how many entries they miss, each
+    group padded with weight-0 copies to its capacity in `n_complete` and `groups`) and
+    each group of W_g-entry rows takes the per-row E-step of width W_g
+    (conditional_gaussian.width_e_step, its own rows as the pattern table), as jaxem.fit's
+    width groups; capacities grow when a block needs more (`for_block`).
+
     A block is validated alone: a column may be missing throughout one block, and rows with
     every entry missing are left to the stream (`check_block_rows` numbers them in the
     stream). Unchunked, a block is one chunk (`ChunkRows`), so `MissingValues.e_step` gives
@@ -376,6 +386,8 @@ class StreamedMissingValues(MissingValues):
     conditional E-step (one `lax.cond`); chunked, each chunk chooses. Diagonal covariances:
     every block on `diagonal_e_step`.
     """
+
+    arranged: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
     def as_data(self, X: Any) -> cg.PartialRows:
         """PartialRows of a block X (n, D), NaN where missing, with `width` slots per row
@@ -404,20 +416,115 @@ class StreamedMissingValues(MissingValues):
         diagonal covariances keep W = D."""
         if self.patterns or self._diagonal:
             return self
+        if self.arranged:
+            return self._with_room_for(missing.sum(axis=1), missing.shape[0])
         most = int(missing.sum(axis=1).max(initial=0))
         return self if most <= self.width else dataclasses.replace(self, width=most)
 
+    def _with_room_for(self, n_missing: np.ndarray, n_rows: int) -> StreamedMissingValues:
+        """Arranged: this model, or one whose capacities hold a block whose rows miss
+        n_missing (n,) entries (grown capacities: GROUP_HEADROOM times the rows, rounded up
+        to a multiple of n_rows / GROUP_QUANTA)."""
+        capacity = dict(self.groups)
+        capacity[0] = self.n_complete
+        widths, counts = np.unique(n_missing, return_counts=True)
+        if all(capacity.get(int(w), -1) >= c for w, c in zip(widths, counts)):
+            return self
+        quantum = max(1, n_rows // GROUP_QUANTA)
+        for w, c in zip(widths, counts):
+            if capacity.get(int(w), -1) < c:
+                capacity[int(w)] = max(capacity.get(int(w), 0), -(-math.ceil(c * GROUP_HEADROOM) // quantum) * quantum)
+        groups = tuple((w, capacity[w]) for w in sorted(capacity) if w > 0)
+        width = max((w for w, _ in groups), default=1)
+        return dataclasses.replace(self, n_complete=capacity[0], groups=groups, width=width)
+
+    def arrange_block(self, X: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Arranged: the rows of a block X (n, D) and their weights (n,) reordered, complete
+        rows first and then by how many entries they miss, each group padded to its capacity
+        (`n_complete`, `groups`) with weight-0 copies of its last row (an empty group: a
+        row of zeros missing its first W_g entries). Returns (X, weights) of sum(capacities)
+        rows, the shape of every block of the stream."""
+        n_missing = np.isnan(X).sum(axis=1)
+        order = np.argsort(n_missing, kind="stable")
+        sorted_missing = n_missing[order]
+        rows, pads = [], []
+        for width, capacity in ((0, self.n_complete),) + self.groups:
+            members = order[np.searchsorted(sorted_missing, width) : np.searchsorted(sorted_missing, width, "right")]
+            if len(members) > capacity:
+                raise ValueError(f"a block has {len(members)} rows missing {width} entries, more than {capacity} (for_block makes room).")
+            if len(members):
+                rows.append(X[np.concatenate([members, np.repeat(members[-1:], capacity - len(members))])])
+            elif capacity:
+                filler = np.zeros((capacity, X.shape[1]), X.dtype)
+                filler[:, :width] = np.nan
+                rows.append(filler)
+            pads.append(np.concatenate([weights[members], np.zeros(capacity - len(members), weights.dtype)]))
+        return np.concatenate(rows), np.concatenate(pads)
+
     def precompute(self, data: cg.PartialRows) -> ChunkRows | SplitRows:
-        """The block as one chunk, in both forms; diagonal: its observed features."""
+        """The block as one chunk, in both forms; diagonal: its observed features;
+        arranged: its complete rows in the base model's form and its groups of rows missing
+        W_g entries, each with W_g slots and its own rows as its pattern table."""
         if self._diagonal:
             return SplitRows(None, cg.observed_features(data))
-        return ChunkRows(self.base.precompute(data.values), data)
+        if not self.arranged:
+            return ChunkRows(self.base.precompute(data.values), data)
+        complete = self.base.precompute(data.values[: self.n_complete]) if self.n_complete else None
+        groups, start = [], self.n_complete
+        for width, capacity in self.groups:
+            rows = slice(start, start + capacity)
+            groups.append(cg.PartialRows(
+                data.values[rows], data.observed[rows], data.missing_index[rows, :width],
+                data.missing_valid[rows, :width], jnp.arange(capacity, dtype=jnp.int32),
+            ))
+            start += capacity
+        return SplitRows(complete, tuple(groups))
+
+    def _incomplete_e_step(self, factors: MissingFactors, incomplete: Any, sample_weight: jax.Array):
+        """As MissingValues', with each arranged group's own rows as its pattern table, in
+        chunks of at most GROUP_CHUNK_ROWS rows (a scan) for large groups."""
+        if not self.arranged:
+            return super()._incomplete_e_step(factors, incomplete, sample_weight)
+        parts, start = [], 0
+        for group in incomplete:
+            n_rows = group.values.shape[0]
+            weights = sample_weight[start : start + n_rows]
+            start += n_rows
+            if n_rows <= 2 * GROUP_CHUNK_ROWS:
+                parts.append(_own_width_e_step(factors.components, group, weights))
+            else:
+                n_chunks = -(-n_rows // GROUP_CHUNK_ROWS)
+                chunk = -(-n_rows // n_chunks)
+                chunks = units.split_chunks(group, chunk, "edge")
+                chunks = chunks._replace(pattern=jnp.broadcast_to(jnp.arange(chunk, dtype=jnp.int32), (n_chunks, chunk)))
+                parts.append(parallel.sum_over_chunks(
+                    lambda rows, w: _own_width_e_step(factors.components, rows, w),
+                    (chunks, units.split_chunks(weights, chunk, "zero")),
+                ))
+        moments, log_lik = jax.tree.map(lambda *leaves: sum(leaves[1:], leaves[0]), *parts)
+        return self.base.statistics_from_moments(*moments), log_lik
 
     def precompute_chunks(self, chunks: cg.PartialRows) -> ChunkRows | SplitRows:
         if self._diagonal:
             return SplitRows(None, jax.vmap(cg.observed_features)(chunks))
         return super().precompute_chunks(chunks)
 
+
+def _own_width_e_step(components: cg.GaussianComponents, rows: cg.PartialRows, weights: jax.Array):
+    """conditional_gaussian.width_e_step with rows that each miss exactly W entries as their
+    own pattern table (rows.pattern: 0..n-1)."""
+    table = cg.MissingPatterns(rows.missing_index, jnp.ones(rows.missing_index.shape, bool))
+    return cg.width_e_step(components, rows, weights, table)
+
+
+# Arranged streamed blocks: each group's capacity is GROUP_HEADROOM times the rows of the
+# block that first needed more, rounded up to a multiple of 1/GROUP_QUANTA of the block
+# (so a block's small groups share one quantum and capacities rarely grow again).
+GROUP_HEADROOM = 1.1
+GROUP_QUANTA = 64
+# Arranged groups of more than twice this many rows run in chunks of at most this many
+# (memory: the per-row E-step holds a few (K, rows, D) arrays).
+GROUP_CHUNK_ROWS = 16_384
 
 # Streamed E-steps tabulate all 2^D patterns when there are at most this many, and at
 # least TABULATED_PATTERN_ROWS rows per pattern in a block (or chunk); else every row is
@@ -432,9 +539,11 @@ def every_pattern(n_features: int) -> tuple:
     return tuple(tuple(c for c in range(n_features) if key >> c & 1) for key in range(2**n_features))
 
 
-def streamed(model: Any, n_features: int, n_rows: int) -> StreamedMissingValues:
+def streamed(model: Any, n_features: int, n_rows: int, arranged: bool = False) -> StreamedMissingValues:
     """model wrapped for streamed fits with missing values to blocks of n_features columns,
-    whose E-step runs n_rows rows at a time (a block, or a chunk of one).
+    whose E-step runs n_rows rows at a time (a block, or a chunk of one); arranged: the
+    blocks are unchunked, so their rows may be reordered into groups by how many entries
+    they miss (when the patterns are not tabulated).
 
     Raises:
       TypeError: a model without Gaussian components over rows (GaussianHMM included: its
@@ -452,7 +561,7 @@ def streamed(model: Any, n_features: int, n_rows: int) -> StreamedMissingValues:
     if wrapped._diagonal:
         return wrapped
     if n_patterns > min(MAX_TABULATED_PATTERNS, n_rows // TABULATED_PATTERN_ROWS):
-        return dataclasses.replace(wrapped, width=1)  # per row: `for_block` widens it
+        return dataclasses.replace(wrapped, width=1, arranged=arranged)  # per row: `for_block` widens it
     return dataclasses.replace(wrapped, patterns=every_pattern(n_features))
 
 

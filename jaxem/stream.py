@@ -46,17 +46,21 @@ blocks are latent, each block's statistics are the expected complete-data ones g
 observed entries, and the objective is the observed-data log-likelihood (GaussianMixture,
 FactorAnalysis, PPCA, MixtureOfFactorAnalyzers). jaxem.fit orders the rows of the whole
 data by missingness pattern and factorises once per pattern; a stream cannot, so the
-model is wrapped by `jaxem.missing.streamed`: a block (or chunk) without missing entries
-takes the base model's own E-step, any other the conditional E-step, chosen by one
-`lax.cond` in the one compiled block program. Its D x D blocks are factorised once per
-pattern of a table of all 2^D patterns when D is small (at most
-jaxem.missing.MAX_TABULATED_PATTERNS patterns, and 4 rows per pattern in a block or
-chunk), else once per row and component on the W x W blocks of the row's missing
-entries, W the most any row has missed so far (the program is compiled again when a
-block needs more), which costs far more than jaxem.fit's per-pattern factorisations
-(measured on a loaded 2-core CPU, N = 100k in blocks of 50k, K = 4, 10% missing, float32,
-per pass: D = 5 full 67 ms tabulated, 433 ms per row with W = D, against 13 ms for the
-complete data; D = 16, K = 8, per row: 8.5 s with W = D, 3.4 s with W = 8, against 0.13-0.2 s).
+model is wrapped by `jaxem.missing.streamed`. With few features (at most
+jaxem.missing.MAX_TABULATED_PATTERNS patterns, and 4 rows per pattern in a block or chunk)
+all 2^D patterns are tabulated and their D x D blocks factorised once per pattern; a block
+(or chunk) without missing entries takes the base model's own E-step, any other the
+conditional one, chosen by one `lax.cond` in the one compiled block program. Above that,
+with unchunked blocks (chunk_size "auto" or None), each block's rows are regrouped on the
+host, complete rows first and then by how many entries they miss, each group padded to a
+capacity that grows (one more compile) when a block needs more, and each group of rows
+missing W entries takes the per-row E-step of width W, as jaxem.fit's width groups
+(jaxem.missing.StreamedMissingValues, `arranged`); with an explicit chunk_size smaller
+than a block, each chunk takes the per-row E-step with as many slots as the most entries
+a row has missed so far. Measured on a loaded 2-core CPU, N = 100k in blocks of 50k, 10%
+missing, float32, per pass: D = 5, K = 4, tabulated: 67 ms against 13 ms for the complete
+data; D = 16, K = 8: regrouped 0.81 s, per row with 8 slots 3.4 s (with 16: 8.5 s),
+against 0.13 s for the complete data.
 Diagonal covariances need no pattern (conditional_gaussian.diagonal_e_step: GEMMs as for
 complete rows). As in jaxem.fit, a row with every entry missing is an error (when
 its block is read), and so is a column with no observed entry in the whole stream (at the
@@ -263,21 +267,21 @@ def _joined(parts: list) -> tuple[np.ndarray, np.ndarray | None]:
 # --- one block on the device -------------------------------------------------------------------
 def _device_block(model: Any, X: np.ndarray, w: np.ndarray | None, block_size: int) -> tuple[Any, jax.Array]:
     """The model's data and weights of one host block, padded to block_size rows with
-    zero-weight copies of its last row (so every block has the compiled shape)."""
+    zero-weight copies of its last row (so every block has the compiled shape), or as
+    the model arranges them (`arrange_block`, missing values: rows grouped)."""
     n = X.shape[0]
-    if n < block_size:
-        X = np.concatenate([X, np.repeat(X[-1:], block_size - n, axis=0)], axis=0)
-    data = _block_data(model, X)
-    dtype = units.float_dtype(data)
-    if w is None:
-        weights = np.ones(n, dtype)
-    else:
-        weights = np.asarray(w, dtype)
-        if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+    if w is not None:
+        w = np.asarray(w)
+        if not np.all(np.isfinite(w)) or np.any(w < 0):
             raise ValueError("sample weights must be finite and non-negative.")
-    if n < block_size:
-        weights = np.concatenate([weights, np.zeros(block_size - n, dtype)])
-    return data, jnp.asarray(weights)
+    weights = np.ones(n) if w is None else w
+    if getattr(model, "arranged", False):
+        X, weights = model.arrange_block(X, weights)
+    elif n < block_size:
+        X = np.concatenate([X, np.repeat(X[-1:], block_size - n, axis=0)], axis=0)
+        weights = np.concatenate([weights, np.zeros(block_size - n, weights.dtype)])
+    data = _block_data(model, X)
+    return data, jnp.asarray(weights, units.float_dtype(data))
 
 
 def _block_data(model: Any, X: np.ndarray) -> Any:
@@ -332,11 +336,15 @@ class _Stream:
                 X, w = next(blocks)
             finally:
                 blocks.close()
-            if self.chunk_size == "auto":
+            auto = self.chunk_size == "auto"
+            if auto:
                 self.chunk_size = api.auto_chunk_size(self.model, self.source.block_size)
             if self.missing and not isinstance(self.model, missing_lib.MissingValues):
                 rows = min(self.chunk_size or self.source.block_size, self.source.block_size)
-                self.model = missing_lib.streamed(self.model, np.shape(X)[-1], rows)
+                arranged = auto or rows == self.source.block_size
+                self.model = missing_lib.streamed(self.model, np.shape(X)[-1], rows, arranged=arranged)
+                if self.model.arranged:  # the block's groups of rows chunk themselves
+                    self.chunk_size = None
             if self.missing:
                 self._make_room(np.isnan(X))
             self.first = _device_block(self.model, X, w, self.source.block_size)
@@ -496,7 +504,8 @@ def fit_stream(
         instead be (X, w) pairs.
       block_size: rows per compiled block (module docstring); memory on the device is
         O(block_size) (the E-step of a block runs in chunks of `chunk_size` rows, "auto" as
-        jaxem.fit).
+        jaxem.fit; with missing="em" beyond the tabulated patterns, "auto" and None regroup
+        each block's rows instead and the groups chunk themselves, module docstring).
       progress: None, True or a callable (n_iter, objective, change), called once per pass.
       missing: None (default): NaN in a block is an error. "em": NaN entries are missing
         values, as jaxem.fit(..., missing="em") takes them (module docstring): each block's

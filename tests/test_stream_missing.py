@@ -9,6 +9,8 @@ weights, complete and incomplete blocks, chunks. Float64 (tests/conftest.py).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -99,22 +101,57 @@ def test_streamed_e_step_choice():
     np.testing.assert_array_equal(missing.pattern_keys(masks), np.arange(8))
 
 
-@pytest.mark.parametrize("name, chunk_size", [("gmm", None), ("fa", 16), ("diag", 16)])
+@pytest.mark.parametrize("name, chunk_size", [("gmm", None), ("fa", 16), ("diag", 16), ("gmm_arranged", None)])
 def test_stream_equals_the_in_memory_fit(name, chunk_size, monkeypatch):
     # Full covariances in blocks of 64: the tabulated patterns; FactorAnalysis in chunks of
     # 16 rows: per-row factorisations, each chunk choosing its E-step, one slot per row
-    # until the second block needs two; diagonal: its own.
-    model, init = STARTS[name]
-    data = X_NARROW_START if name == "fa" else X
-    widths = []
+    # until the second block needs two; diagonal: its own. Arranged: no table, so unchunked
+    # blocks are regrouped by how many entries a row misses, the first block's one group
+    # of one-entry rows joined by a group of two-entry rows at the second block, and
+    # groups of more than 2 x 8 rows in chunks of 8 (a scan).
+    model, init = STARTS[name.split("_")[0]]
+    if name == "gmm_arranged":
+        monkeypatch.setattr(missing, "MAX_TABULATED_PATTERNS", 0)
+        monkeypatch.setattr(missing, "GROUP_CHUNK_ROWS", 8)
+    data = X if name in ("gmm", "diag") else X_NARROW_START
+    models = []
     widen = missing.StreamedMissingValues.for_block
-    monkeypatch.setattr(missing.StreamedMissingValues, "for_block", lambda self, m: widths.append(widen(self, m).width) or widen(self, m))
+    monkeypatch.setattr(missing.StreamedMissingValues, "for_block", lambda self, m: models.append(widen(self, m)) or models[-1])
     options = dict(init=init, max_iter=40, tol=1e-8)
     ref = jaxem.fit(model, data, key=KEY, sample_weight=W, missing="em", **options)
     res = stream.fit_stream(model, weighted_pieces(data, W), block_size=BLOCK, chunk_size=chunk_size, missing="em", **options)
     assert int(res.n_iter) > 5
     assert_same_fit(res, ref)
-    assert sorted(set(widths)) == ([1, 2] if name == "fa" else [3]) and widths[0] == min(widths)
+    widths = [m.width for m in models]
+    assert sorted(set(widths)) == ([3] if name in ("gmm", "diag") else [1, 2]) and widths[0] == min(widths)
+    assert all(m.arranged for m in models) == (name == "gmm_arranged")
+    if name == "gmm_arranged":
+        assert [w for w, _ in models[0].groups] == [1] and [w for w, _ in models[-1].groups] == [1, 2]
+        assert max(c for _, c in models[-1].groups) > 2 * 8  # a chunked group
+
+
+def test_arranged_blocks_group_rows_by_missing_entries():
+    """arrange_block orders a block complete rows first, then by entries missing, pads each
+    group to its capacity with weight-0 copies (or a filler row missing the group's
+    entries), and refuses a block its capacities cannot hold; for_block grows them."""
+    model = missing.streamed(STARTS["gmm"][0], 3, 8, arranged=True)  # 8 patterns, too few rows for a table
+    assert model.arranged and model.groups == () and model.width == 1
+    block = np.array([[1.0, np.nan, np.nan], [2.0, 2.0, 2.0], [3.0, np.nan, 3.0], [4.0, 4.0, np.nan], [5.0, 5.0, 5.0]])
+    # Rows missing 2 0 1 1 0 entries.
+    grown = model.for_block(np.isnan(block))
+    # Counts 2, 2, 1 rows with 0, 1, 2 missing: 1.1 x, rounded up to 5 // 64 -> 1 row.
+    assert (grown.n_complete, grown.groups, grown.width) == (3, ((1, 3), (2, 2)), 2)
+    assert grown.for_block(np.isnan(block)) is grown
+    X, w = grown.arrange_block(block, np.arange(1.0, 6.0))
+    np.testing.assert_array_equal(X, block[[1, 4, 4, 2, 3, 3, 0, 0]])
+    np.testing.assert_array_equal(w, [2.0, 5.0, 0.0, 3.0, 4.0, 0.0, 1.0, 0.0])
+    wider = grown.for_block(np.isnan(np.array([[np.nan, np.nan, 1.0]] * 3)))
+    assert wider.groups == ((1, 3), (2, 4)) and wider.n_complete == 3
+    X, w = wider.arrange_block(block[[1, 2]], np.ones(2))
+    assert X.shape == (10, 3) and w.tolist() == [1, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+    assert np.isnan(X[6:, :2]).all() and (X[6:, 2] == 0.0).all()  # an empty group: filler rows
+    with pytest.raises(ValueError, match="3 rows missing 1 entries, more than 2"):
+        dataclasses.replace(grown, groups=((1, 2), (2, 2))).arrange_block(block[[2, 3, 3]], np.ones(3))
 
 
 def test_kmeans_start_sees_the_first_blocks_column_means():

@@ -376,8 +376,10 @@ class StreamedMissingValues(MissingValues):
     host (`arrange_block`: complete rows first, then by how many entries they miss, each
     group padded with weight-0 copies to its capacity in `n_complete` and `groups`) and
     each group of W_g-entry rows takes the per-row E-step of width W_g
-    (conditional_gaussian.width_e_step, its own rows as the pattern table), as jaxem.fit's
-    width groups; capacities grow when a block needs more (`for_block`).
+    (conditional_gaussian.width_e_step), as jaxem.fit's width groups, with a table of the
+    group's distinct patterns in the block (each factorised once; `table_sizes` slots per
+    group, rows indexing it by `pattern`); capacities and table sizes grow when a block
+    needs more (`for_block`).
 
     A block is validated alone: a column may be missing throughout one block, and rows with
     every entry missing are left to the stream (`check_block_rows` numbers them in the
@@ -388,6 +390,7 @@ class StreamedMissingValues(MissingValues):
     """
 
     arranged: bool = dataclasses.field(default=False, metadata=dict(static=True))
+    table_sizes: tuple = dataclasses.field(default=(), metadata=dict(static=True))
 
     def as_data(self, X: Any) -> cg.PartialRows:
         """PartialRows of a block X (n, D), NaN where missing, with `width` slots per row
@@ -398,14 +401,49 @@ class StreamedMissingValues(MissingValues):
           ValueError: a row misses more than `width` entries (`for_block` makes room).
         """
         values = validation.as_data(X, allow_nan=True)
-        most = int(np.isnan(np.asarray(values)).sum(axis=1).max(initial=0))
+        missing = np.isnan(np.asarray(values))
+        most = int(missing.sum(axis=1).max(initial=0))
         if most > self.width:
             raise ValueError(f"a row of the block misses {most} entries, more than width={self.width}.")
-        rows = _partial_rows(values, self.width)
+        if self.arranged:
+            rows = self._arranged_rows(np.asarray(values), missing)
+        else:
+            rows = _partial_rows(values, self.width)
         self.base.check_data(rows.values)
         if self.patterns:
-            rows = rows._replace(pattern=jnp.asarray(pattern_keys(np.isnan(np.asarray(values))), jnp.int32))
+            rows = rows._replace(pattern=jnp.asarray(pattern_keys(missing), jnp.int32))
         return rows
+
+    def _arranged_rows(self, values: np.ndarray, missing: np.ndarray) -> cg.PartialRows:
+        """conditional_gaussian.partial_rows of an arranged block, made on the host (its
+        groups' slots are their rows' missing columns in order; XLA:CPU's row-wise sort took
+        longer than the host's whole block), with each row's `_group_pattern_ids`."""
+        observed = ~missing
+        column_means = np.where(observed, values, 0.0).sum(axis=0) / np.maximum(observed.sum(axis=0), 1)
+        slots = np.zeros((values.shape[0], self.width), np.int32)
+        start = self.n_complete
+        for width, capacity in self.groups:
+            rows = slice(start, start + capacity)
+            slots[rows, :width] = np.nonzero(missing[rows])[1].reshape(capacity, width)
+            start += capacity
+        valid = np.arange(self.width) < missing.sum(axis=1, keepdims=True)
+        return cg.PartialRows(
+            jnp.asarray(np.where(missing, column_means.astype(values.dtype), values)),
+            jnp.asarray(observed.astype(values.dtype)), jnp.asarray(slots), jnp.asarray(valid),
+            jnp.asarray(self._group_pattern_ids(missing)),
+        )
+
+    def _group_pattern_ids(self, missing: np.ndarray) -> np.ndarray:
+        """Arranged: (n,) int32, each row's index among the distinct patterns of its group
+        in the arranged block mask missing (n, D) (0 for complete rows)."""
+        ids, start = np.zeros(missing.shape[0], np.int32), self.n_complete
+        keys = pattern_keys(missing)
+        for (width, capacity), table_size in zip(self.groups, self.table_sizes):
+            distinct, ids[start : start + capacity] = np.unique(keys[start : start + capacity], axis=0, return_inverse=True)
+            if len(distinct) > table_size:
+                raise ValueError(f"a block has {len(distinct)} patterns of {width} missing entries, more than {table_size} (for_block makes room).")
+            start += capacity
+        return ids
 
     def for_block(self, missing: np.ndarray) -> StreamedMissingValues:
         """This model, or a copy with as many slots per row as a row of the block mask
@@ -417,26 +455,38 @@ class StreamedMissingValues(MissingValues):
         if self.patterns or self._diagonal:
             return self
         if self.arranged:
-            return self._with_room_for(missing.sum(axis=1), missing.shape[0])
+            return self._with_room_for(missing)
         most = int(missing.sum(axis=1).max(initial=0))
         return self if most <= self.width else dataclasses.replace(self, width=most)
 
-    def _with_room_for(self, n_missing: np.ndarray, n_rows: int) -> StreamedMissingValues:
-        """Arranged: this model, or one whose capacities hold a block whose rows miss
-        n_missing (n,) entries (grown capacities: GROUP_HEADROOM times the rows, rounded up
-        to a multiple of n_rows / GROUP_QUANTA)."""
-        capacity = dict(self.groups)
-        capacity[0] = self.n_complete
-        widths, counts = np.unique(n_missing, return_counts=True)
-        if all(capacity.get(int(w), -1) >= c for w, c in zip(widths, counts)):
+    def _with_room_for(self, missing: np.ndarray) -> StreamedMissingValues:
+        """Arranged: this model, or one whose capacities (rows per group) and table sizes
+        (patterns per group) hold the block of mask missing (n, D); grown ones are
+        GROUP_HEADROOM times the block's count, rounded up to a multiple of n / GROUP_QUANTA
+        (a table at most its group's capacity)."""
+        n_missing, keys = missing.sum(axis=1), pattern_keys(missing)
+        capacity, tables = dict(self.groups), dict(zip((w for w, _ in self.groups), self.table_sizes))
+        capacity[0], tables[0] = self.n_complete, 1
+        quantum = max(1, missing.shape[0] // GROUP_QUANTA)
+
+        def room(count):
+            return -(-math.ceil(count * GROUP_HEADROOM) // quantum) * quantum
+
+        grown = False
+        for width in map(int, np.unique(n_missing)):
+            in_group = n_missing == width
+            n_rows, n_patterns = int(in_group.sum()), len(np.unique(keys[in_group], axis=0))
+            if capacity.get(width, -1) < n_rows:
+                capacity[width], grown = max(capacity.get(width, 0), room(n_rows)), True
+            if tables.get(width, -1) < n_patterns:
+                tables[width], grown = max(tables.get(width, 0), room(n_patterns)), True
+        if not grown:
             return self
-        quantum = max(1, n_rows // GROUP_QUANTA)
-        for w, c in zip(widths, counts):
-            if capacity.get(int(w), -1) < c:
-                capacity[int(w)] = max(capacity.get(int(w), 0), -(-math.ceil(c * GROUP_HEADROOM) // quantum) * quantum)
-        groups = tuple((w, capacity[w]) for w in sorted(capacity) if w > 0)
-        width = max((w for w, _ in groups), default=1)
-        return dataclasses.replace(self, n_complete=capacity[0], groups=groups, width=width)
+        widths = sorted(w for w in capacity if w > 0)
+        return dataclasses.replace(
+            self, n_complete=capacity[0], groups=tuple((w, capacity[w]) for w in widths),
+            table_sizes=tuple(min(tables[w], capacity[w]) for w in widths), width=max(widths, default=1),
+        )
 
     def arrange_block(self, X: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Arranged: the rows of a block X (n, D) and their weights (n,) reordered, complete
@@ -464,7 +514,7 @@ class StreamedMissingValues(MissingValues):
     def precompute(self, data: cg.PartialRows) -> ChunkRows | SplitRows:
         """The block as one chunk, in both forms; diagonal: its observed features;
         arranged: its complete rows in the base model's form and its groups of rows missing
-        W_g entries, each with W_g slots and its own rows as its pattern table."""
+        W_g entries, each with W_g slots."""
         if self._diagonal:
             return SplitRows(None, cg.observed_features(data))
         if not self.arranged:
@@ -475,31 +525,30 @@ class StreamedMissingValues(MissingValues):
             rows = slice(start, start + capacity)
             groups.append(cg.PartialRows(
                 data.values[rows], data.observed[rows], data.missing_index[rows, :width],
-                data.missing_valid[rows, :width], jnp.arange(capacity, dtype=jnp.int32),
+                data.missing_valid[rows, :width], data.pattern[rows],
             ))
             start += capacity
         return SplitRows(complete, tuple(groups))
 
     def _incomplete_e_step(self, factors: MissingFactors, incomplete: Any, sample_weight: jax.Array):
-        """As MissingValues', with each arranged group's own rows as its pattern table, in
-        chunks of at most GROUP_CHUNK_ROWS rows (a scan) for large groups."""
+        """As MissingValues', each arranged group with the table of its distinct patterns
+        (`group_patterns`), in chunks of at most GROUP_CHUNK_ROWS rows (a scan) for large
+        groups."""
         if not self.arranged:
             return super()._incomplete_e_step(factors, incomplete, sample_weight)
         parts, start = [], 0
-        for group in incomplete:
+        for group, table_size in zip(incomplete, self.table_sizes):
             n_rows = group.values.shape[0]
             weights = sample_weight[start : start + n_rows]
             start += n_rows
+            table = group_patterns(group, table_size)
             if n_rows <= 2 * GROUP_CHUNK_ROWS:
-                parts.append(_own_width_e_step(factors.components, group, weights))
+                parts.append(cg.width_e_step(factors.components, group, weights, table))
             else:
-                n_chunks = -(-n_rows // GROUP_CHUNK_ROWS)
-                chunk = -(-n_rows // n_chunks)
-                chunks = units.split_chunks(group, chunk, "edge")
-                chunks = chunks._replace(pattern=jnp.broadcast_to(jnp.arange(chunk, dtype=jnp.int32), (n_chunks, chunk)))
+                chunk = -(-n_rows // -(-n_rows // GROUP_CHUNK_ROWS))
                 parts.append(parallel.sum_over_chunks(
-                    lambda rows, w: _own_width_e_step(factors.components, rows, w),
-                    (chunks, units.split_chunks(weights, chunk, "zero")),
+                    lambda rows, w: cg.width_e_step(factors.components, rows, w, table),
+                    (units.split_chunks(group, chunk, "edge"), units.split_chunks(weights, chunk, "zero")),
                 ))
         moments, log_lik = jax.tree.map(lambda *leaves: sum(leaves[1:], leaves[0]), *parts)
         return self.base.statistics_from_moments(*moments), log_lik
@@ -510,11 +559,14 @@ class StreamedMissingValues(MissingValues):
         return super().precompute_chunks(chunks)
 
 
-def _own_width_e_step(components: cg.GaussianComponents, rows: cg.PartialRows, weights: jax.Array):
-    """conditional_gaussian.width_e_step with rows that each miss exactly W entries as their
-    own pattern table (rows.pattern: 0..n-1)."""
-    table = cg.MissingPatterns(rows.missing_index, jnp.ones(rows.missing_index.shape, bool))
-    return cg.width_e_step(components, rows, weights, table)
+def group_patterns(rows: cg.PartialRows, table_size: int) -> cg.MissingPatterns:
+    """The (table_size, W) table of the patterns rows.pattern indexes, for rows that each
+    miss exactly W entries: each entry's slots from the first row of that pattern (entries
+    no row uses: the last row's, factorised but unused)."""
+    n_rows = rows.values.shape[0]
+    first = jax.ops.segment_min(jnp.arange(n_rows), rows.pattern, num_segments=table_size)
+    slots = rows.missing_index[jnp.minimum(first, n_rows - 1)]
+    return cg.MissingPatterns(slots, jnp.ones(slots.shape, bool))
 
 
 # Arranged streamed blocks: each group's capacity is GROUP_HEADROOM times the rows of the

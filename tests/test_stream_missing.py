@@ -140,13 +140,24 @@ def test_arranged_blocks_group_rows_by_missing_entries():
     # Rows missing 2 0 1 1 0 entries.
     grown = model.for_block(np.isnan(block))
     # Counts 2, 2, 1 rows with 0, 1, 2 missing: 1.1 x, rounded up to 5 // 64 -> 1 row.
-    assert (grown.n_complete, grown.groups, grown.width) == (3, ((1, 3), (2, 2)), 2)
+    # Patterns: 2 of one entry (columns 1, 2), 1 of two, tables as many, rounded the same.
+    assert (grown.n_complete, grown.groups, grown.table_sizes, grown.width) == (3, ((1, 3), (2, 2)), (3, 2), 2)
     assert grown.for_block(np.isnan(block)) is grown
     X, w = grown.arrange_block(block, np.arange(1.0, 6.0))
     np.testing.assert_array_equal(X, block[[1, 4, 4, 2, 3, 3, 0, 0]])
     np.testing.assert_array_equal(w, [2.0, 5.0, 0.0, 3.0, 4.0, 0.0, 1.0, 0.0])
+    # Each row's index among its group's distinct patterns, and the table built from them.
+    rows = grown.as_data(X)
+    np.testing.assert_array_equal(rows.pattern, [0, 0, 0, 0, 1, 1, 0, 0])
+    one_entry = jax.tree.map(lambda leaf: leaf[3:6], rows)._replace(missing_index=rows.missing_index[3:6, :1])
+    np.testing.assert_array_equal(missing.group_patterns(one_entry, 3).slots, [[1], [2], [2]])
+    three = np.ones((8, 3))  # an arranged block with three one-entry patterns
+    three[[3, 4, 5], [0, 1, 2]] = np.nan
+    three[6:, :2] = np.nan
+    with pytest.raises(ValueError, match="3 patterns of 1 missing entries, more than 2"):
+        dataclasses.replace(grown, table_sizes=(2, 2)).as_data(three)
     wider = grown.for_block(np.isnan(np.array([[np.nan, np.nan, 1.0]] * 3)))
-    assert wider.groups == ((1, 3), (2, 4)) and wider.n_complete == 3
+    assert wider.groups == ((1, 3), (2, 4)) and wider.n_complete == 3 and wider.table_sizes == (3, 2)
     X, w = wider.arrange_block(block[[1, 2]], np.ones(2))
     assert X.shape == (10, 3) and w.tolist() == [1, 0, 0, 1, 0, 0, 0, 0, 0, 0]
     assert np.isnan(X[6:, :2]).all() and (X[6:, 2] == 0.0).all()  # an empty group: filler rows

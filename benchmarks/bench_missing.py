@@ -13,6 +13,13 @@ complete-data fit in scikit-learn (which rejects NaN), ms per iteration.
 
 Writes benchmarks/results/missing.json.
 Run: python benchmarks/bench_missing.py [--quick | --d16]
+
+--stream: the same comparison for jaxem.fit_stream (float32, N rows in blocks of STREAM_BLOCK
+rows, seconds per pass over the data at the same params, median of STREAM_REPEATS passes):
+the complete data, missing values with the default chunk_size ("auto": blocks beyond the
+tabulated patterns are regrouped by how many entries a row misses) and with an explicit
+chunk_size of a quarter block (chunks take the per-row E-step, not regrouped).
+Writes benchmarks/results/missing_stream.json.
 """
 
 import argparse
@@ -32,6 +39,7 @@ from sklearn.mixture import GaussianMixture as SklearnGaussianMixture  # noqa: E
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import jaxem  # noqa: E402
+from jaxem import stream  # noqa: E402
 from benchmarks.bench_factor_analysis import median_time  # noqa: E402
 
 # (D, K, covariance type, fraction of entries deleted, iterations per timed fit)
@@ -91,12 +99,57 @@ def sklearn_ms_per_iter(X, k, cov_type, start, iters, repeats):
     return 1e3 * median_time(run, repeats) / iters
 
 
+STREAM_BLOCK = 50_000
+STREAM_CASES = [(5, 4, 0.1), (16, 8, 0.1)]  # (D, K, fraction of entries deleted)
+STREAM_REPEATS = 9
+
+
+def stream_seconds_per_pass(model, X, start, repeats, **options):
+    """(seconds per pass over X in blocks of STREAM_BLOCK rows, median of `repeats` passes
+    at the start params after one warm-up pass (compiles, capacities grown), the stream's
+    objective there). A pass is what each iteration of jaxem.fit_stream costs: the
+    blocks read, prepared on the host and put on the device, and the block E-steps."""
+    passes = stream._Stream(model, stream.Source(X, STREAM_BLOCK), options.pop("chunk_size", "auto"), **options)
+    params = stream._start(passes, start, None)
+    stats, log_lik, weight = jax.block_until_ready(passes.e_pass(params))
+    return median_time(lambda: passes.e_pass(params), repeats), float(log_lik / weight)
+
+
+def stream_rows(n, repeats):
+    rows = []
+    for d, k, fraction in STREAM_CASES:
+        X = mixture_rows(0, n, d, k).astype(np.float32)
+        holes = delete_entries(X, fraction, 1).astype(np.float32)
+        model = jaxem.GaussianMixture(k, "full")
+        start = jaxem.fit(model, X.astype(np.float64), key=jax.random.key(1), max_iter=2, tol=0.0, diff=None).params
+        start = {name: np.asarray(v, np.float32) for name, v in start._asdict().items()}
+        start["covariances"] = (start["covariances"] + np.swapaxes(start["covariances"], 1, 2)) / 2
+        complete, _ = stream_seconds_per_pass(model, X, start, repeats)  # auto chunks
+        regrouped, value = stream_seconds_per_pass(model, holes, start, repeats, missing="em")
+        per_row, value_rows = stream_seconds_per_pass(model, holes, start, repeats, missing="em", chunk_size=STREAM_BLOCK // 4)
+        row = dict(
+            n=n, block_size=STREAM_BLOCK, d=d, k=k, missing_fraction=fraction, dtype="float32", repeats=repeats,
+            complete_s_per_pass=complete, missing_s_per_pass=regrouped, missing_chunked_s_per_pass=per_row,
+            ratio=regrouped / complete, chunked_ratio=per_row / complete,
+            missing_log_likelihood=value, missing_chunked_log_likelihood=value_rows,
+        )
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--d16", action="store_true", help="only the D = 16, K = 8 case (not written to the results file)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "missing.json"))
+    parser.add_argument("--stream", action="store_true", help="fit_stream instead (missing_stream.json)")
     args = parser.parse_args(argv)
+    if args.stream:
+        report = dict(command="python benchmarks/bench_missing.py --stream", devices=[str(dev) for dev in jax.devices()],
+                      rows=stream_rows(FULL["n"], STREAM_REPEATS))
+        Path(args.out).with_name("missing_stream.json").write_text(json.dumps(report, indent=2) + "\n")
+        return report
     cfg = QUICK if args.quick else D16 if args.d16 else FULL
     n, repeats = cfg["n"], cfg["repeats"]
     rows = []

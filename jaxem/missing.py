@@ -34,9 +34,9 @@ the stream has missed so far (`for_block`: the program is compiled again when a 
 needs more slots), in one program compiled for the block's shape; unchunked blocks
 (`arranged`) are instead regrouped on the host into rows by how many entries they miss,
 each group padded to a capacity that grows when a block needs more, and each group takes
-`width_e_step` as jaxem.fit's width groups do. With few features every possible pattern is tabulated (2^D of
-them, a row's index its bit field), so the blocks are factorised once per pattern, not per
-row; diagonal covariances take `diagonal_e_step` as above. The checks on whole columns are
+`width_e_step` with a table of its distinct patterns, as jaxem.fit's width groups do. With
+few features every possible pattern is tabulated (2^D of them, a row's index its bit
+field), so the blocks are factorised once per pattern, not per row; diagonal covariances take `diagonal_e_step` as above. The checks on whole columns are
 made over each pass (`check_block_rows`, `validation.check_observed_columns`).
 """
 
@@ -368,7 +368,7 @@ def pattern_keys(missing: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class StreamedMissingValues(MissingValues):
     """`MissingValues` for data seen one block of rows at a time (jaxem.stream, `streamed`):
-    no rows ordered (n_complete = 0), and `patterns` either every subset of the D columns
+    no rows ordered (n_complete = 0) unless `arranged`, and `patterns` either every subset of the D columns
     (`every_pattern`: a row's index is its bit field, `pattern_keys`; width = D) or () (each
     row factorised on its own, width the most entries a row has missed so far, `for_block`).
 
@@ -439,7 +439,8 @@ class StreamedMissingValues(MissingValues):
         ids, start = np.zeros(missing.shape[0], np.int32), self.n_complete
         keys = pattern_keys(missing)
         for (width, capacity), table_size in zip(self.groups, self.table_sizes):
-            distinct, ids[start : start + capacity] = np.unique(keys[start : start + capacity], axis=0, return_inverse=True)
+            distinct, inverse = np.unique(keys[start : start + capacity], axis=0, return_inverse=True)
+            ids[start : start + capacity] = inverse.reshape(-1)
             if len(distinct) > table_size:
                 raise ValueError(f"a block has {len(distinct)} patterns of {width} missing entries, more than {table_size} (for_block makes room).")
             start += capacity
@@ -451,7 +452,8 @@ class StreamedMissingValues(MissingValues):
         block E-step once more). Per-row factorisations cost O(K W^3) a row, so the stream
         keeps W at the most any row has missed so far, not D (D = 16, K = 8, 10% missing,
         50k rows: W = 8 ran the block E-step 5x faster than W = 16). Tabulated patterns and
-        diagonal covariances keep W = D."""
+        diagonal covariances keep W = D. Arranged: a copy whose group capacities and table
+        sizes hold the block (`_with_room_for`), when these do not."""
         if self.patterns or self._diagonal:
             return self
         if self.arranged:

@@ -57,10 +57,9 @@ capacity that grows (one more compile) when a block needs more, and each group o
 missing W entries takes the per-row E-step of width W, as jaxem.fit's width groups
 (jaxem.missing.StreamedMissingValues, `arranged`); with an explicit chunk_size smaller
 than a block, each chunk takes the per-row E-step with as many slots as the most entries
-a row has missed so far. Measured on a loaded 2-core CPU, N = 100k in blocks of 50k, 10%
-missing, float32, per pass: D = 5, K = 4, tabulated: 67 ms against 13 ms for the complete
-data; D = 16, K = 8: regrouped 0.81 s, per row with 8 slots 3.4 s (with 16: 8.5 s),
-against 0.13 s for the complete data.
+a row has missed so far. benchmarks/bench_missing.py --stream (N = 100k in blocks of 50k,
+10% missing, float32, 2-core CPU) measures a pass at 13x a complete one at D = 5, K = 4
+(tabulated), 14x at D = 16, K = 8 (regrouped) and 82x there with chunks of a quarter block.
 Diagonal covariances need no pattern (conditional_gaussian.diagonal_e_step: GEMMs as for
 complete rows). As in jaxem.fit, a row with every entry missing is an error (when
 its block is read), and so is a column with no observed entry in the whole stream (at the

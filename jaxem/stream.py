@@ -46,20 +46,19 @@ blocks are latent, each block's statistics are the expected complete-data ones g
 observed entries, and the objective is the observed-data log-likelihood (GaussianMixture,
 FactorAnalysis, PPCA, MixtureOfFactorAnalyzers). jaxem.fit orders the rows of the whole
 data by missingness pattern and factorises once per pattern; a stream cannot, so the
-model is wrapped by `jaxem.missing.streamed`. With few features (at most
-jaxem.missing.MAX_TABULATED_PATTERNS patterns, and 4 rows per pattern in a block or chunk)
-all 2^D patterns are tabulated and their D x D blocks factorised once per pattern; a block
-(or chunk) without missing entries takes the base model's own E-step, any other the
-conditional one, chosen by one `lax.cond` in the one compiled block program. Above that,
-with unchunked blocks (chunk_size "auto" or None), each block's rows are regrouped on the
-host, complete rows first and then by how many entries they miss, each group padded to a
-capacity that grows (one more compile) when a block needs more, and each group of rows
-missing W entries takes the per-row E-step of width W, as jaxem.fit's width groups
-(jaxem.missing.StreamedMissingValues, `arranged`); with an explicit chunk_size smaller
-than a block, each chunk takes the per-row E-step with as many slots as the most entries
-a row has missed so far. benchmarks/bench_missing.py --stream (N = 100k in blocks of 50k,
-10% missing, float32, 2-core CPU) measures a pass at 13x a complete one at D = 5, K = 4
-(tabulated), 14x at D = 16, K = 8 (regrouped) and 82x there with chunks of a quarter block.
+model is wrapped by `jaxem.missing.streamed`. Unchunked blocks (chunk_size "auto" or None)
+are regrouped on the host, complete rows first and then by how many entries they miss,
+each group padded to a capacity that grows (one more compile) when a block needs more;
+complete rows take the base model's own E-step and each group of rows missing W entries
+the per-row E-step of width W with a table of the group's distinct patterns, as jaxem.fit's
+width groups (jaxem.missing.StreamedMissingValues, `arranged`). With an explicit
+chunk_size smaller than a block, a chunk without missing entries takes the base E-step
+and any other the conditional one (one `lax.cond` per chunk), factorising its blocks once
+per pattern of a table of all 2^D patterns when D is small (at most
+jaxem.missing.MAX_TABULATED_PATTERNS, and 4 rows per pattern in a chunk), else per row
+with as many slots as the most entries a row has missed so far.
+benchmarks/bench_missing.py --stream (N = 100k in blocks of 50k, 10% missing, float32,
+2-core CPU) measures a pass against a complete one (README).
 Diagonal covariances need no pattern (conditional_gaussian.diagonal_e_step: GEMMs as for
 complete rows). As in jaxem.fit, a row with every entry missing is an error (when
 its block is read), and so is a column with no observed entry in the whole stream (at the
@@ -71,6 +70,7 @@ are re-centred as without them).
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import os
 from functools import partial
@@ -325,7 +325,7 @@ class _Stream:
         self.source = source
         self.chunk_size = chunk_size
         self.missing = missing_lib.check_missing(missing) == "em"
-        self.first = None
+        self.first = self.first_rows = None
         self.zeros = None
 
     def first_block(self):
@@ -347,7 +347,23 @@ class _Stream:
             if self.missing:
                 self._make_room(np.isnan(X))
             self.first = _device_block(self.model, X, w, self.source.block_size)
+            self.first_rows = X, w
         return self.first
+
+    def start_block(self):
+        """The first block as starts see it: as `first_block`, but in its own row order
+        when the model regroups rows (`arranged`, missing values), so that a start drawn
+        from it does not depend on the regrouping."""
+        data, weights = self.first_block()
+        if not getattr(self.model, "arranged", False):
+            return data, weights
+        X, w = self.first_rows
+        in_order = dataclasses.replace(self.model, arranged=False, width=np.shape(X)[-1], n_complete=0, groups=(), table_sizes=())
+        return _device_block(in_order, X, w, self.source.block_size)
+
+    def release_first(self):
+        """Free the first block (the first pass reads it again)."""
+        self.first = self.first_rows = None
 
     def blocks(self):
         """The source's blocks on the device, in order. With missing values, as jaxem.fit
@@ -454,7 +470,7 @@ def _start(stream: _Stream, init, key):
     """Starting params: a dict as jaxem.fit takes it, or an init method on the first block
     (with missing values, missing entries at the block's column means, as jaxem.fit's
     starts see them at the data's)."""
-    data, weights = stream.first_block()
+    data, weights = stream.start_block()
     model = stream.model
     if isinstance(init, dict):
         return model.start_params(init, data)
@@ -529,7 +545,7 @@ def fit_stream(
     dtype = units.float_dtype(stream.first_block()[0])
     first = stream.first_block()
     _check_maximize_without_data(model, params, m_state, stream.zero_totals(params, *first)[0], "fit_stream")
-    stream.first = None  # the first pass reads the first block again; free it meanwhile
+    stream.release_first()
 
     state = core.start_state(params, m_state, dtype, config.max_iter)
     tol = jnp.asarray(tol, dtype)
@@ -683,7 +699,7 @@ def fit_online(
     zeros = stream.zero_totals(params, *first)
     _check_maximize_without_data(model, params, m_state, zeros[0], "fit_online")
     reframe_statistics(model, zeros[0], params, params)  # refuse unsupported families early
-    stream.first = None
+    stream.release_first()
     if total_weight is None:
         total_weight = source.total_weight()
     total_weight = jnp.asarray(total_weight, dtype)

@@ -1,10 +1,11 @@
 """Streamed fits with missing values (jaxem.stream, missing="em") against the in-memory
 jaxem.fit(..., missing="em"), itself tested against a numpy EM in tests/test_missing.py.
 
-The stream sees one block at a time (no global pattern grouping, a per-row conditional
-E-step with as many slots as a row has needed so far, the base E-step on complete blocks), so equality with the in-memory fit
-(rows ordered and grouped by pattern) tests the bookkeeping of each block: padding,
-weights, complete and incomplete blocks, chunks. Float64 (tests/conftest.py).
+The stream sees one block at a time (its rows regrouped within the block, or a table of
+every pattern, or a per-row conditional E-step with as many slots as a row has needed so
+far; the base E-step on complete rows), so equality with the in-memory fit (rows ordered
+and grouped by pattern over the whole data) tests the bookkeeping of each block: padding,
+weights, regrouping, complete and incomplete blocks, chunks. Float64 (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ def test_streamed_e_step_choice():
     assert missing.streamed(STARTS["fa"][0], 3, 16).patterns == ()
     assert missing.streamed(STARTS["diag"][0], 3, BLOCK).patterns == ()
     assert missing.streamed(STARTS["gmm"][0], 11, 10**6).patterns == ()  # 2048 > MAX_TABULATED_PATTERNS
+    # Unchunked blocks are regrouped (diagonal covariances need not be).
+    assert missing.streamed(STARTS["gmm"][0], 3, BLOCK, arranged=True).arranged
+    assert not missing.streamed(STARTS["diag"][0], 3, BLOCK, arranged=True).arranged
     # Per row, the slots grow with the most entries a block's row misses; a table or
     # diagonal covariances keep D.
     per_row = missing.streamed(STARTS["fa"][0], 3, 16)
@@ -101,17 +105,16 @@ def test_streamed_e_step_choice():
     np.testing.assert_array_equal(missing.pattern_keys(masks), np.arange(8))
 
 
-@pytest.mark.parametrize("name, chunk_size", [("gmm", None), ("fa", 16), ("diag", 16), ("gmm_arranged", None)])
+@pytest.mark.parametrize("name, chunk_size", [("gmm", 32), ("fa", 16), ("diag", 16), ("gmm_arranged", None)])
 def test_stream_equals_the_in_memory_fit(name, chunk_size, monkeypatch):
-    # Full covariances in blocks of 64: the tabulated patterns; FactorAnalysis in chunks of
-    # 16 rows: per-row factorisations, each chunk choosing its E-step, one slot per row
-    # until the second block needs two; diagonal: its own. Arranged: no table, so unchunked
-    # blocks are regrouped by how many entries a row misses, the first block's one group
-    # of one-entry rows joined by a group of two-entry rows at the second block, and
-    # groups of more than 2 x 8 rows in chunks of 8 (a scan).
+    # Full covariances in chunks of 32 rows: the tabulated patterns; FactorAnalysis in
+    # chunks of 16 rows: per-row factorisations, each chunk choosing its E-step, one slot
+    # per row until the second block needs two; diagonal: its own. Arranged (unchunked
+    # blocks): regrouped by how many entries a row misses, the first block's one group of
+    # one-entry rows joined by a group of two-entry rows at the second block, and groups
+    # of more than 2 x 8 rows in chunks of 8 (a scan).
     model, init = STARTS[name.split("_")[0]]
     if name == "gmm_arranged":
-        monkeypatch.setattr(missing, "MAX_TABULATED_PATTERNS", 0)
         monkeypatch.setattr(missing, "GROUP_CHUNK_ROWS", 8)
     data = X if name in ("gmm", "diag") else X_NARROW_START
     models = []

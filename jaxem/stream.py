@@ -519,8 +519,8 @@ def fit_stream(
         instead be (X, w) pairs.
       block_size: rows per compiled block (module docstring); memory on the device is
         O(block_size) (the E-step of a block runs in chunks of `chunk_size` rows, "auto" as
-        jaxem.fit; with missing="em" beyond the tabulated patterns, "auto" and None regroup
-        each block's rows instead and the groups chunk themselves, module docstring).
+        jaxem.fit; with missing="em", "auto" and None regroup each block's rows instead
+        and the groups chunk themselves, module docstring).
       progress: None, True or a callable (n_iter, objective, change), called once per pass.
       missing: None (default): NaN in a block is an error. "em": NaN entries are missing
         values, as jaxem.fit(..., missing="em") takes them (module docstring): each block's

@@ -574,9 +574,11 @@ def group_patterns(rows: cg.PartialRows, table_size: int) -> cg.MissingPatterns:
 
 # Arranged streamed blocks: each group's capacity is GROUP_HEADROOM times the rows of the
 # block that first needed more, rounded up to a multiple of 1/GROUP_QUANTA of the block
-# (so a block's small groups share one quantum and capacities rarely grow again).
-GROUP_HEADROOM = 1.1
-GROUP_QUANTA = 64
+# (so a block's small groups share one quantum and capacities rarely grow again). D = 16,
+# K = 8, 10% missing, blocks of 50k: 1.08 times the rows (1.17 with 1.1 and 1/64: the
+# E-step 15% slower).
+GROUP_HEADROOM = 1.05
+GROUP_QUANTA = 128
 # Arranged groups of more than twice this many rows run in chunks of at most this many
 # (memory: the per-row E-step holds a few (K, rows, D) arrays).
 GROUP_CHUNK_ROWS = 16_384

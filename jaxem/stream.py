@@ -316,8 +316,9 @@ class _Stream:
 
     With missing="em", `model` becomes the given one wrapped by jaxem.missing.streamed when
     the first block shows the number of features (`first_block`, which the fits call first),
-    and a copy with more slots per row whenever a block has a row that misses more entries
-    than any before it (`StreamedMissingValues.for_block`; the statistics keep their shape).
+    and a copy with more room whenever a block needs it (`StreamedMissingValues.for_block`:
+    more slots per row, or, when it regroups rows, larger groups or pattern tables; the
+    statistics keep their shape).
     """
 
     def __init__(self, model, source: Source, chunk_size, missing=None):

@@ -142,7 +142,8 @@ def test_arranged_blocks_group_rows_by_missing_entries():
     block = np.array([[1.0, np.nan, np.nan], [2.0, 2.0, 2.0], [3.0, np.nan, 3.0], [4.0, 4.0, np.nan], [5.0, 5.0, 5.0]])
     # Rows missing 2 0 1 1 0 entries.
     grown = model.for_block(np.isnan(block))
-    # Counts 2, 2, 1 rows with 0, 1, 2 missing: 1.1 x, rounded up to 5 // 64 -> 1 row.
+    # Counts 2, 2, 1 rows with 0, 1, 2 missing: GROUP_HEADROOM (1.05) times, rounded up to
+    # a multiple of 5 // GROUP_QUANTA -> 1 row.
     # Patterns: 2 of one entry (columns 1, 2), 1 of two, tables as many, rounded the same.
     assert (grown.n_complete, grown.groups, grown.table_sizes, grown.width) == (3, ((1, 3), (2, 2)), (3, 2), 2)
     assert grown.for_block(np.isnan(block)) is grown

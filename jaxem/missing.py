@@ -531,7 +531,7 @@ class StreamedMissingValues(MissingValues):
                 data.missing_valid[rows, :width], data.pattern[rows],
             ))
             start += capacity
-        return SplitRows(complete, tuple(groups))
+        return SplitRows(complete, tuple(groups) or None)
 
     def _incomplete_e_step(self, factors: MissingFactors, incomplete: Any, sample_weight: jax.Array):
         """As MissingValues', each arranged group with the table of its distinct patterns

@@ -44,6 +44,7 @@ made over each pass (`check_block_rows`, `validation.check_observed_columns`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -277,12 +278,7 @@ def prepare(model: Any, X: Any, sample_weight: Any) -> tuple[MissingValues, Any,
     missing = np.isnan(np.asarray(X, dtype=float))
     check_missing_pattern(missing)
     n_missing = missing.sum(axis=1)
-    # Patterns sorted by width, then key: the empty one (complete rows) first.
-    _, first, group = np.unique(pattern_keys(missing), axis=0, return_index=True, return_inverse=True)
-    rank = np.lexsort((np.arange(first.size), n_missing[first]))
-    position = np.empty_like(rank)
-    position[rank] = np.arange(rank.size)
-    group, first = position[group.reshape(-1)], first[rank]
+    _, group, _, first = sorted_patterns(missing, n_missing)
     patterns = tuple(tuple(int(c) for c in np.flatnonzero(missing[i])) for i in first)
     if patterns[0]:  # no complete row: still keep the empty pattern at index 0
         patterns, group = ((),) + patterns, group + 1
@@ -357,6 +353,54 @@ def choose_block_size(group_sizes: np.ndarray) -> tuple[int, int]:
     return size, int(cost(size))
 
 
+class BlockPatterns(NamedTuple):
+    """The distinct patterns of missing entries of a block's rows (`sorted_patterns`).
+
+    order: (n,) the rows sorted by pattern (stable); pattern: (n,) each row's index among
+    the distinct patterns, which are sorted by how many entries they miss, then by
+    `pattern_keys` (the empty one first when a row is complete); widths: (P,) how many
+    entries each pattern misses (non-decreasing); first: (P,) the first row of each.
+    """
+
+    order: np.ndarray
+    pattern: np.ndarray
+    widths: np.ndarray
+    first: np.ndarray
+
+
+def sorted_patterns(missing: np.ndarray, n_missing: np.ndarray) -> BlockPatterns:
+    """BlockPatterns of the mask missing (n, D) whose rows miss n_missing (n,) entries."""
+    _, first, pattern = np.unique(pattern_keys(missing), axis=0, return_index=True, return_inverse=True)
+    rank = np.argsort(n_missing[first], kind="stable")  # the keys were sorted already
+    position = np.empty_like(rank)
+    position[rank] = np.arange(rank.size)
+    pattern = position[pattern.reshape(-1)]
+    small = pattern.astype(np.int16) if rank.size <= np.iinfo(np.int16).max else pattern  # radix sort
+    return BlockPatterns(np.argsort(small, kind="stable"), pattern, n_missing[first[rank]], first[rank])
+
+
+class BlockMask:
+    """The missing entries of one host block (n, D) and what streamed fits derive from
+    them (the checks, `StreamedMissingValues.for_block` and `arranged_rows` each need
+    some), each computed once, when first asked for."""
+
+    def __init__(self, missing: np.ndarray):
+        self.missing = missing
+
+    @functools.cached_property
+    def n_missing(self) -> np.ndarray:
+        """(n,) entries each row misses."""
+        return self.missing.sum(axis=1)
+
+    @functools.cached_property
+    def patterns(self) -> BlockPatterns:
+        return sorted_patterns(self.missing, self.n_missing)
+
+
+def as_block_mask(mask: BlockMask | np.ndarray) -> BlockMask:
+    return mask if isinstance(mask, BlockMask) else BlockMask(np.asarray(mask, bool))
+
+
 def pattern_keys(missing: np.ndarray) -> np.ndarray:
     """One sortable key per row of the mask missing (n, D): an int64 bit field for up to
     62 features (fast to sort), else the rows themselves (np.unique along axis 0)."""
@@ -374,7 +418,7 @@ class StreamedMissingValues(MissingValues):
     row factorised on its own, width the most entries a row has missed so far, `for_block`).
 
     arranged: the stream's blocks are unchunked, so each block's rows are reordered on the
-    host (`arrange_block`: complete rows first, then by how many entries they miss, each
+    host (`arranged_rows`: complete rows first, then by how many entries they miss, each
     group padded with weight-0 copies to its capacity in `n_complete` and `groups`) and
     each group of W_g-entry rows takes the per-row E-step of width W_g
     (conditional_gaussian.width_e_step), as jaxem.fit's width groups, with a table of the
@@ -396,60 +440,27 @@ class StreamedMissingValues(MissingValues):
     def as_data(self, X: Any) -> cg.PartialRows:
         """PartialRows of a block X (n, D), NaN where missing, with `width` slots per row
         (missing entries at the block's column means, 0 in a column missing throughout the
-        block).
+        block). Arranged models take their blocks through `arranged_rows`.
 
         Raises:
           ValueError: a row misses more than `width` entries (`for_block` makes room).
         """
+        if self.arranged:
+            raise ValueError("an arranged model takes its blocks through arranged_rows, which reorders them.")
         values = validation.as_data(X, allow_nan=True)
         missing = np.isnan(np.asarray(values))
         most = int(missing.sum(axis=1).max(initial=0))
         if most > self.width:
             raise ValueError(f"a row of the block misses {most} entries, more than width={self.width}.")
-        if self.arranged:
-            rows = self._arranged_rows(np.asarray(values), missing)
-        else:
-            rows = _partial_rows(values, self.width)
+        rows = _partial_rows(values, self.width)
         self.base.check_data(rows.values)
         if self.patterns:
             rows = rows._replace(pattern=jnp.asarray(pattern_keys(missing), jnp.int32))
         return rows
 
-    def _arranged_rows(self, values: np.ndarray, missing: np.ndarray) -> cg.PartialRows:
-        """conditional_gaussian.partial_rows of an arranged block, made on the host (its
-        groups' slots are their rows' missing columns in order; XLA:CPU's row-wise sort took
-        longer than the host's whole block), with each row's `_group_pattern_ids`."""
-        observed = ~missing
-        column_means = np.where(observed, values, 0.0).sum(axis=0) / np.maximum(observed.sum(axis=0), 1)
-        slots = np.zeros((values.shape[0], self.width), np.int32)
-        start = self.n_complete
-        for width, capacity in self.groups:
-            rows = slice(start, start + capacity)
-            slots[rows, :width] = np.nonzero(missing[rows])[1].reshape(capacity, width)
-            start += capacity
-        valid = np.arange(self.width) < missing.sum(axis=1, keepdims=True)
-        return cg.PartialRows(
-            jnp.asarray(np.where(missing, column_means.astype(values.dtype), values)),
-            jnp.asarray(observed.astype(values.dtype)), jnp.asarray(slots), jnp.asarray(valid),
-            jnp.asarray(self._group_pattern_ids(missing)),
-        )
-
-    def _group_pattern_ids(self, missing: np.ndarray) -> np.ndarray:
-        """Arranged: (n,) int32, each row's index among the distinct patterns of its group
-        in the arranged block mask missing (n, D) (0 for complete rows)."""
-        ids, start = np.zeros(missing.shape[0], np.int32), self.n_complete
-        keys = pattern_keys(missing)
-        for (width, capacity), table_size in zip(self.groups, self.table_sizes):
-            distinct, inverse = np.unique(keys[start : start + capacity], axis=0, return_inverse=True)
-            ids[start : start + capacity] = inverse.reshape(-1)
-            if len(distinct) > table_size:
-                raise ValueError(f"a block has {len(distinct)} patterns of {width} missing entries, more than {table_size} (for_block makes room).")
-            start += capacity
-        return ids
-
-    def for_block(self, missing: np.ndarray) -> StreamedMissingValues:
+    def for_block(self, mask: BlockMask | np.ndarray) -> StreamedMissingValues:
         """This model, or a copy with as many slots per row as a row of the block mask
-        missing (n, D) misses when that is more than `width` (the stream then compiles its
+        (n, D) misses when that is more than `width` (the stream then compiles its
         block E-step once more). Per-row factorisations cost O(K W^3) a row, so the stream
         keeps W at the most any row has missed so far, not D (D = 16, K = 8, 10% missing,
         50k rows: W = 8 ran the block E-step 5x faster than W = 16). Tabulated patterns and
@@ -457,28 +468,28 @@ class StreamedMissingValues(MissingValues):
         sizes hold the block (`_with_room_for`), when these do not."""
         if self.patterns or self._diagonal:
             return self
+        mask = as_block_mask(mask)
         if self.arranged:
-            return self._with_room_for(missing)
-        most = int(missing.sum(axis=1).max(initial=0))
+            return self._with_room_for(mask)
+        most = int(mask.n_missing.max(initial=0))
         return self if most <= self.width else dataclasses.replace(self, width=most)
 
-    def _with_room_for(self, missing: np.ndarray) -> StreamedMissingValues:
+    def _with_room_for(self, mask: BlockMask) -> StreamedMissingValues:
         """Arranged: this model, or one whose capacities (rows per group) and table sizes
-        (patterns per group) hold the block of mask missing (n, D); grown ones are
-        GROUP_HEADROOM times the block's count, rounded up to a multiple of n / GROUP_QUANTA
-        (a table at most its group's capacity)."""
-        n_missing, keys = missing.sum(axis=1), pattern_keys(missing)
+        (patterns per group) hold the block; grown ones are GROUP_HEADROOM times the
+        block's count, rounded up to a multiple of n / GROUP_QUANTA (a table at most its
+        group's capacity)."""
+        rows_per_width, patterns_per_width = np.bincount(mask.n_missing), np.bincount(mask.patterns.widths)
         capacity, tables = dict(self.groups), dict(zip((w for w, _ in self.groups), self.table_sizes))
         capacity[0], tables[0] = self.n_complete, 1
-        quantum = max(1, missing.shape[0] // GROUP_QUANTA)
+        quantum = max(1, mask.missing.shape[0] // GROUP_QUANTA)
 
         def room(count):
             return -(-math.ceil(count * GROUP_HEADROOM) // quantum) * quantum
 
         grown = False
-        for width in map(int, np.unique(n_missing)):
-            in_group = n_missing == width
-            n_rows, n_patterns = int(in_group.sum()), len(np.unique(keys[in_group], axis=0))
+        for width in map(int, np.flatnonzero(rows_per_width)):
+            n_rows, n_patterns = int(rows_per_width[width]), int(patterns_per_width[width])
             if capacity.get(width, -1) < n_rows:
                 capacity[width], grown = max(capacity.get(width, 0), room(n_rows)), True
             if tables.get(width, -1) < n_patterns:
@@ -491,28 +502,64 @@ class StreamedMissingValues(MissingValues):
             table_sizes=tuple(min(tables[w], capacity[w]) for w in widths), width=max(widths, default=1),
         )
 
-    def arrange_block(self, X: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Arranged: the rows of a block X (n, D) and their weights (n,) reordered, complete
-        rows first and then by how many entries they miss, each group padded to its capacity
-        (`n_complete`, `groups`) with weight-0 copies of its last row (an empty group: a
-        row of zeros missing its first W_g entries). Returns (X, weights) of sum(capacities)
-        rows, the shape of every block of the stream."""
-        n_missing = np.isnan(X).sum(axis=1)
-        order = np.argsort(n_missing, kind="stable")
-        sorted_missing = n_missing[order]
-        rows, pads = [], []
-        for width, capacity in ((0, self.n_complete),) + self.groups:
-            members = order[np.searchsorted(sorted_missing, width) : np.searchsorted(sorted_missing, width, "right")]
+    def arranged_rows(self, X: Any, weights: np.ndarray, mask: BlockMask | None = None) -> tuple[cg.PartialRows, np.ndarray]:
+        """Arranged: a block X (n, D), NaN where missing, and its weights (n,) as the
+        block E-step takes them, with m = sum of the capacities rows (the shape of every
+        block of the stream): complete rows first, then the rows missing W_g entries for
+        each group, sorted by pattern and padded to the group's capacity with weight-0
+        copies of its last row (an empty group: zero rows missing its first W_g entries).
+        Missing entries are at the block's column means; each row's `pattern` is its index
+        among its group's distinct patterns (sorted by `pattern_keys`), its slots the
+        pattern's missing columns. Made on the host: XLA:CPU's row-wise sort
+        (conditional_gaussian.partial_rows) took longer than this whole block.
+
+        Args:
+          mask: the block's BlockMask when the caller has it (it is computed once).
+        Returns:
+          (PartialRows of m rows with `width` slots, weights (m,)).
+        Raises:
+          ValueError: a group or its table is too small for the block (`for_block` makes
+            room), or a row misses a number of entries no group takes.
+        """
+        values = validation.host_data(X, allow_nan=True)
+        mask = BlockMask(np.isnan(values)) if mask is None else mask
+        order, pattern, widths, first = mask.patterns
+        observed = ~mask.missing
+        column_means = np.where(observed, values, 0.0).sum(axis=0) / np.maximum(observed.sum(axis=0), 1)
+        filled = np.where(observed, values, column_means.astype(values.dtype))
+        sorted_widths = widths[pattern[order]]
+        n_rows, n_features = self.n_complete + sum(c for _, c in self.groups), values.shape[1]
+        out = dict(
+            values=np.zeros((n_rows, n_features), values.dtype), observed=np.ones((n_rows, n_features), values.dtype),
+            slots=np.zeros((n_rows, self.width), np.int32), valid=np.zeros((n_rows, self.width), bool),
+            pattern=np.zeros(n_rows, np.int32), weights=np.zeros(n_rows, weights.dtype),
+        )
+        start, placed = 0, 0
+        for (width, capacity), table_size in zip(((0, self.n_complete),) + self.groups, (1,) + self.table_sizes):
+            rows, end = slice(start, start + capacity), start + capacity
+            members = order[np.searchsorted(sorted_widths, width) : np.searchsorted(sorted_widths, width, "right")]
+            patterns = slice(np.searchsorted(widths, width), np.searchsorted(widths, width, "right"))
             if len(members) > capacity:
                 raise ValueError(f"a block has {len(members)} rows missing {width} entries, more than {capacity} (for_block makes room).")
+            if patterns.stop - patterns.start > table_size:
+                raise ValueError(f"a block has {patterns.stop - patterns.start} patterns of {width} missing entries, more than {table_size} (for_block makes room).")
+            out["valid"][rows, :width] = True
             if len(members):
-                rows.append(X[np.concatenate([members, np.repeat(members[-1:], capacity - len(members))])])
-            elif capacity:
-                filler = np.zeros((capacity, X.shape[1]), X.dtype)
-                filler[:, :width] = np.nan
-                rows.append(filler)
-            pads.append(np.concatenate([weights[members], np.zeros(capacity - len(members), weights.dtype)]))
-        return np.concatenate(rows), np.concatenate(pads)
+                take = np.concatenate([members, np.repeat(members[-1:], capacity - len(members))])
+                local = pattern[take] - patterns.start
+                out["values"][rows], out["observed"][rows], out["pattern"][rows] = filled[take], observed[take], local
+                out["weights"][start : start + len(members)] = weights[members]
+                if width:
+                    table = np.nonzero(mask.missing[first[patterns]])[1].reshape(-1, width)
+                    out["slots"][rows, :width] = table[local]
+            else:  # filler
+                out["observed"][rows, :width], out["slots"][rows, :width] = 0, np.arange(width)
+            start, placed = end, placed + len(members)
+        if placed < len(order):
+            raise ValueError(f"a block has rows missing {sorted(set(widths.tolist()) - {w for w, _ in self.groups} - {0})} entries, which no group takes (for_block makes room).")
+        self.base.check_data(out["values"])
+        rows = cg.PartialRows(*(jnp.asarray(out[k]) for k in ("values", "observed", "slots", "valid", "pattern")))
+        return rows, out["weights"]
 
     def precompute(self, data: cg.PartialRows) -> ChunkRows | SplitRows:
         """The block as one chunk, in both forms; diagonal: its observed features;

@@ -264,10 +264,11 @@ def _joined(parts: list) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 # --- one block on the device -------------------------------------------------------------------
-def _device_block(model: Any, X: np.ndarray, w: np.ndarray | None, block_size: int) -> tuple[Any, jax.Array]:
+def _device_block(model: Any, X: np.ndarray, w: np.ndarray | None, block_size: int, mask=None) -> tuple[Any, jax.Array]:
     """The model's data and weights of one host block, padded to block_size rows with
     zero-weight copies of its last row (so every block has the compiled shape), or as
-    the model arranges them (`arrange_block`, missing values: rows grouped)."""
+    the model arranges them (`arranged_rows`, missing values: rows regrouped, given the
+    block's jaxem.missing.BlockMask when the stream has made it)."""
     n = X.shape[0]
     if w is not None:
         w = np.asarray(w)
@@ -275,8 +276,9 @@ def _device_block(model: Any, X: np.ndarray, w: np.ndarray | None, block_size: i
             raise ValueError("sample weights must be finite and non-negative.")
     weights = np.ones(n) if w is None else w
     if getattr(model, "arranged", False):
-        X, weights = model.arrange_block(X, weights)
-    elif n < block_size:
+        data, weights = model.arranged_rows(X, weights, mask)
+        return data, jnp.asarray(weights, units.float_dtype(data))
+    if n < block_size:
         X = np.concatenate([X, np.repeat(X[-1:], block_size - n, axis=0)], axis=0)
         weights = np.concatenate([weights, np.zeros(block_size - n, weights.dtype)])
     data = _block_data(model, X)
@@ -345,9 +347,10 @@ class _Stream:
                 self.model = missing_lib.streamed(self.model, np.shape(X)[-1], rows, arranged=arranged)
                 if self.model.arranged:  # the block's groups of rows chunk themselves
                     self.chunk_size = None
+            mask = missing_lib.BlockMask(np.isnan(X)) if self.missing else None
             if self.missing:
-                self._make_room(np.isnan(X))
-            self.first = _device_block(self.model, X, w, self.source.block_size)
+                self._make_room(mask)
+            self.first = _device_block(self.model, X, w, self.source.block_size, mask)
             self.first_rows = X, w
         return self.first
 
@@ -372,19 +375,20 @@ class _Stream:
         column one in the pass (checked once the pass has read every block)."""
         observed, first_row = None, 0
         for X, w in self.source:
+            mask = None
             if self.missing:
-                missing = np.isnan(X)
-                missing_lib.check_block_rows(missing, first_row)
-                seen = ~missing.all(axis=0)
+                mask = missing_lib.BlockMask(np.isnan(X))
+                missing_lib.check_block_rows(mask.missing, first_row)
+                seen = ~mask.missing.all(axis=0)
                 observed, first_row = seen if observed is None else observed | seen, first_row + X.shape[0]
-                self._make_room(missing)
-            yield _device_block(self.model, X, w, self.source.block_size)
+                self._make_room(mask)
+            yield _device_block(self.model, X, w, self.source.block_size, mask)
         if self.missing:
             validation.check_observed_columns(observed)
 
-    def _make_room(self, missing: np.ndarray) -> None:
+    def _make_room(self, mask) -> None:
         if isinstance(self.model, missing_lib.StreamedMissingValues):
-            self.model = self.model.for_block(missing)
+            self.model = self.model.for_block(mask)
 
     def zero_totals(self, params, data, weights):
         """`_zero_totals` of the block E-step, traced once per fit (shapes do not change)."""

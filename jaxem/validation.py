@@ -41,6 +41,12 @@ def as_data(X: Any, name: str = "X", allow_nan: bool = False) -> jax.Array:
         _check_numeric_dtype(X.dtype, name)
         _check_ndim(X.shape, name)
         return X.astype(_float_dtype_for(X.dtype))
+    return jnp.asarray(host_data(X, name, allow_nan))
+
+
+def host_data(X: Any, name: str = "X", allow_nan: bool = False) -> np.ndarray:
+    """`as_data` of concrete X, left on the host: a NumPy array of the dtype `as_data`
+    gives (the array itself when it has that dtype)."""
     try:
         array = np.asarray(X)
     except (TypeError, ValueError) as err:
@@ -59,7 +65,7 @@ def as_data(X: Any, name: str = "X", allow_nan: bool = False) -> jax.Array:
             f"{name} contains {int(bad.sum())} {'infinite' if allow_nan else 'NaN or infinite'} value(s) "
             f"in {rows.size} row(s); the first is row {int(rows[0])}: {array[rows[0]].tolist()}. {hint}"
         )
-    return jnp.asarray(array, dtype=_float_dtype_for(array.dtype))
+    return array.astype(_float_dtype_for(array.dtype), copy=False)
 
 
 # Rows whose entries `as_data` checks at a time: its boolean masks stay this size rather

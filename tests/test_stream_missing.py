@@ -137,9 +137,10 @@ def test_stream_equals_the_in_memory_fit(name, chunk_size, monkeypatch):
 
 
 def test_arranged_blocks_group_rows_by_missing_entries():
-    """arrange_block orders a block complete rows first, then by entries missing, pads each
-    group to its capacity with weight-0 copies (or a filler row missing the group's
-    entries), and refuses a block its capacities cannot hold; for_block grows them."""
+    """arranged_rows orders a block complete rows first, then by entries missing and by
+    pattern, pads each group to its capacity with weight-0 copies (or filler rows missing
+    the group's entries), and refuses a block its capacities cannot hold; for_block grows
+    them."""
     model = missing.streamed(STARTS["gmm"][0], 3, 8, arranged=True)  # 8 patterns, too few rows for a table
     assert model.arranged and model.groups == () and model.width == 1
     block = np.array([[1.0, np.nan, np.nan], [2.0, 2.0, 2.0], [3.0, np.nan, 3.0], [4.0, 4.0, np.nan], [5.0, 5.0, 5.0]])
@@ -150,26 +151,73 @@ def test_arranged_blocks_group_rows_by_missing_entries():
     # Patterns: 2 of one entry (columns 1, 2), 1 of two, tables as many, rounded the same.
     assert (grown.n_complete, grown.groups, grown.table_sizes, grown.width) == (3, ((1, 3), (2, 2)), (3, 2), 2)
     assert grown.for_block(np.isnan(block)) is grown
-    X, w = grown.arrange_block(block, np.arange(1.0, 6.0))
-    np.testing.assert_array_equal(X, block[[1, 4, 4, 2, 3, 3, 0, 0]])
+    with pytest.raises(ValueError, match="through arranged_rows"):
+        grown.as_data(block)
+    rows, w = grown.arranged_rows(block, np.arange(1.0, 6.0))
+    order = [1, 4, 4, 2, 3, 3, 0, 0]
+    filled = np.where(np.isnan(block), [3.0, 11.0 / 3.0, 10.0 / 3.0], block)  # the column means by hand
+    np.testing.assert_allclose(rows.values, filled[order], rtol=1e-15)
+    np.testing.assert_array_equal(rows.observed, ~np.isnan(block[order]))
     np.testing.assert_array_equal(w, [2.0, 5.0, 0.0, 3.0, 4.0, 0.0, 1.0, 0.0])
-    # Each row's index among its group's distinct patterns, and the table built from them.
-    rows = grown.as_data(X)
+    # Each row's index among its group's distinct patterns, its slots, and the table built from them.
     np.testing.assert_array_equal(rows.pattern, [0, 0, 0, 0, 1, 1, 0, 0])
+    np.testing.assert_array_equal(rows.missing_index, [[0, 0]] * 3 + [[1, 0], [2, 0], [2, 0]] + [[1, 2]] * 2)
+    np.testing.assert_array_equal(rows.missing_valid, [[False, False]] * 3 + [[True, False]] * 3 + [[True, True]] * 2)
     one_entry = jax.tree.map(lambda leaf: leaf[3:6], rows)._replace(missing_index=rows.missing_index[3:6, :1])
     np.testing.assert_array_equal(missing.group_patterns(one_entry, 3).slots, [[1], [2], [2]])
-    three = np.ones((8, 3))  # an arranged block with three one-entry patterns
-    three[[3, 4, 5], [0, 1, 2]] = np.nan
-    three[6:, :2] = np.nan
+    three = np.ones((5, 3))  # three one-entry patterns
+    three[[0, 1, 2], [0, 1, 2]] = np.nan
     with pytest.raises(ValueError, match="3 patterns of 1 missing entries, more than 2"):
-        dataclasses.replace(grown, table_sizes=(2, 2)).as_data(three)
+        dataclasses.replace(grown, table_sizes=(2, 2)).arranged_rows(three, np.ones(5))
     wider = grown.for_block(np.isnan(np.array([[np.nan, np.nan, 1.0]] * 3)))
     assert wider.groups == ((1, 3), (2, 4)) and wider.n_complete == 3 and wider.table_sizes == (3, 2)
-    X, w = wider.arrange_block(block[[1, 2]], np.ones(2))
-    assert X.shape == (10, 3) and w.tolist() == [1, 0, 0, 1, 0, 0, 0, 0, 0, 0]
-    assert np.isnan(X[6:, :2]).all() and (X[6:, 2] == 0.0).all()  # an empty group: filler rows
+    rows, w = wider.arranged_rows(block[[1, 2]], np.ones(2))
+    assert rows.values.shape == (10, 3) and w.tolist() == [1, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+    # An empty group: filler rows missing the group's first entries, finite values.
+    np.testing.assert_array_equal(rows.observed[6:], [[0.0, 0.0, 1.0]] * 4)
+    np.testing.assert_array_equal(rows.missing_index[6:], [[0, 1]] * 4)
+    assert np.isfinite(rows.values).all()
     with pytest.raises(ValueError, match="3 rows missing 1 entries, more than 2"):
-        dataclasses.replace(grown, groups=((1, 2), (2, 2))).arrange_block(block[[2, 3, 3]], np.ones(3))
+        dataclasses.replace(grown, groups=((1, 2), (2, 2))).arranged_rows(block[[2, 3, 3]], np.ones(3))
+    with pytest.raises(ValueError, match=r"rows missing \[2\] entries, which no group takes"):
+        dataclasses.replace(grown, groups=((1, 3),), table_sizes=(3,)).arranged_rows(block, np.ones(5))
+
+
+def test_arranged_rows_equal_partial_rows_of_the_arranged_block():
+    """The host-built PartialRows of an arranged block equal conditional_gaussian's
+    partial_rows (the device builder jaxem.fit uses) of the same rows in the same order,
+    when no padding changes the column means; the weights move with their rows; each group
+    is sorted by pattern and its pattern ids index its distinct patterns."""
+    rng = np.random.default_rng(3)
+    block = rng.normal(size=(60, 5))
+    mask = rng.random(block.shape) < 0.3
+    mask[mask.all(axis=1), 0] = False
+    block[mask] = np.nan
+    n_missing = mask.sum(axis=1)
+    widths = [int(v) for v in np.unique(n_missing) if v > 0]
+    keys = missing.pattern_keys(mask)
+    model = dataclasses.replace(
+        missing.streamed(STARTS["gmm"][0], 5, 60, arranged=True),
+        n_complete=int(np.sum(n_missing == 0)), width=max(widths),
+        groups=tuple((v, int(np.sum(n_missing == v))) for v in widths),
+        table_sizes=tuple(len(np.unique(keys[n_missing == v])) for v in widths),
+    )  # capacities that fit exactly: no padding
+    rows, w = model.arranged_rows(block, np.arange(1.0, 61.0))
+    arranged = block[w.astype(int) - 1]  # the weights name the rows
+    np.testing.assert_array_equal(np.isnan(arranged), np.asarray(rows.observed) == 0)
+    assert sorted(w.tolist()) == list(range(1, 61))
+    reference = missing.cg.partial_rows(jnp.asarray(arranged), model.width)
+    for name in ("values", "observed", "missing_index", "missing_valid"):
+        np.testing.assert_allclose(getattr(rows, name), getattr(reference, name), rtol=1e-14, err_msg=name)
+    arranged_keys, arranged_missing = missing.pattern_keys(np.isnan(arranged)), np.isnan(arranged).sum(axis=1)
+    assert np.all(np.diff(arranged_missing) >= 0)
+    start = model.n_complete
+    for (width, capacity), table_size in zip(model.groups, model.table_sizes):
+        group = slice(start, start + capacity)
+        assert np.all(np.diff(arranged_keys[group]) >= 0)
+        _, ranks = np.unique(arranged_keys[group], return_inverse=True)
+        np.testing.assert_array_equal(rows.pattern[group], ranks)
+        start += capacity
 
 
 def test_kmeans_start_sees_the_first_blocks_column_means():

@@ -72,9 +72,10 @@ def e_step_prepared(model: Any, params: Any, data: Any, weights: jax.Array) -> t
     return sum_over_chunks(lambda chunk, weight: model.e_step(params, chunk, weight), (data, weights))
 
 
-def sum_over_chunks(fn: Any, chunks: Any) -> Any:
+def sum_over_chunks(fn: Any, chunks: Any, unroll: int | None = None) -> Any:
     """sum_c fn(*chunks_c): fn's pytree output summed over the leading (chunk) axis that
-    every leaf of the tuple `chunks` has, by a scan running `scan_unroll` chunks per step."""
+    every leaf of the tuple `chunks` has, by a scan running `unroll` chunks per step
+    (None: `scan_unroll`; 1 where a chunk's intermediates should stay in cache)."""
     first = jax.tree.map(lambda leaf: leaf[0], chunks)
     zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, *first))
 
@@ -82,7 +83,7 @@ def sum_over_chunks(fn: Any, chunks: Any) -> Any:
         return tree_add(total, fn(*chunk)), None
 
     n_chunks = jax.tree.leaves(chunks)[0].shape[0]
-    total, _ = jax.lax.scan(add_chunk, zero, chunks, unroll=scan_unroll(n_chunks))
+    total, _ = jax.lax.scan(add_chunk, zero, chunks, unroll=scan_unroll(n_chunks) if unroll is None else unroll)
     return total
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import jaxem
+from jaxem.models import conditional_gaussian as cg
 
 N_ROWS, N_FEATURES, N_COMPONENTS = 60, 3, 2
 REG = 1e-6
@@ -142,6 +143,22 @@ def test_float32_per_row_path_matches_the_numpy_reference():
     for got, want in zip(result.params, (w, mu, cov)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(result.trace, trace, rtol=1e-6)
+
+
+def test_width_e_step_in_chunks_equals_one_pass():
+    """A group of rows run in chunks (conditional_gaussian.width_e_step's chunk_rows, the
+    last chunk padded with weight-0 rows) sums to the same moments as in one pass."""
+    _, holes = _data()
+    wrapped, ordered, _ = jaxem.missing.prepare(jaxem.GaussianMixture(N_COMPONENTS, "full"), holes, None)
+    split = wrapped.precompute(wrapped.as_data(ordered))
+    (_, _, table), group = wrapped.width_groups()[0], split.incomplete[0]
+    start = _start("full")
+    components = cg.gaussian_components(np.log(start["weights"]), start["means"], start["covariances"])
+    weights = np.random.default_rng(2).uniform(0.5, 2.0, group.values.shape[0])
+    assert group.values.shape[0] % 7
+    one_pass, chunked = (cg.width_e_step(components, group, weights, table, chunk_rows) for chunk_rows in (None, 7))
+    for got, want in zip(jax.tree.leaves(chunked), jax.tree.leaves(one_pass)):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
 def test_chunks_weights_jit_and_acceleration_give_the_same_fit():

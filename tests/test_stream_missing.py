@@ -112,18 +112,19 @@ def test_stream_equals_the_in_memory_fit(name, chunk_size, monkeypatch):
     # per row until the second block needs two; diagonal: its own. Arranged (unchunked
     # blocks): regrouped by how many entries a row misses, the rows reordered so that the
     # first block is complete (no group), the second adds a group of one-entry rows and the
-    # third one of two-entry rows, and groups of more than 2 x 8 rows in chunks of 8 (a scan).
+    # third one of two-entry rows, and groups of more than 2 x 8 rows in chunks of at most 8 (a loop).
     model, init = STARTS[name.split("_")[0]]
     data, weights = (X, W) if name in ("gmm", "diag") else (X_NARROW_START, W)
     if name == "gmm_arranged":
-        monkeypatch.setattr(missing, "GROUP_CHUNK_ROWS", 8)
         order = np.r_[BLOCK : 2 * BLOCK, :BLOCK, 2 * BLOCK : N_ROWS]
         data, weights = data[order], W[order]
+    options = dict(init=init, max_iter=40, tol=1e-8)
+    ref = jaxem.fit(model, data, key=KEY, sample_weight=weights, missing="em", **options)  # groups unchunked
+    if name == "gmm_arranged":
+        monkeypatch.setattr(missing, "GROUP_CHUNK_ROWS", 8)
     models = []
     widen = missing.StreamedMissingValues.for_block
     monkeypatch.setattr(missing.StreamedMissingValues, "for_block", lambda self, m: models.append(widen(self, m)) or models[-1])
-    options = dict(init=init, max_iter=40, tol=1e-8)
-    ref = jaxem.fit(model, data, key=KEY, sample_weight=weights, missing="em", **options)
     res = stream.fit_stream(model, weighted_pieces(data, weights), block_size=BLOCK, chunk_size=chunk_size, missing="em", **options)
     assert int(res.n_iter) > 5
     assert_same_fit(res, ref)

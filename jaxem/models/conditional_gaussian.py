@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxem import parallel, units
 from jaxem.models.cholesky import inverse_cholesky_transposed
 from jaxem.models.gaussian_mixture import _extended_triangle, _symmetric_index
 from jaxem.models.mixture import weighted_posterior
@@ -364,7 +365,8 @@ def _pattern_moments(
 
 # --- incomplete rows of one width: per row, one GEMM and W x W work -------------------------------
 def width_e_step(
-    components: GaussianComponents, rows: PartialRows, weights: jax.Array, patterns: MissingPatterns
+    components: GaussianComponents, rows: PartialRows, weights: jax.Array, patterns: MissingPatterns,
+    chunk_rows: int | None = None,
 ) -> tuple[tuple[jax.Array, jax.Array, jax.Array], jax.Array]:
     """((counts (K,), centred_sums (K, D), centred_squares (K, D, D)) about the means, the
     weighted summed observed-data log-likelihood) of rows that each miss exactly W entries:
@@ -376,11 +378,34 @@ def width_e_step(
     with g = (P y)_m and C = P_mm^-1, and x_hat - mu = y - E^T C g. Per row that is one
     GEMM (P y for every component) and O(K (D + W^2)) more; only the W x W blocks are
     factorised, once per pattern. Component-major layout: the moments are batched GEMMs.
+
+    chunk_rows: when n is larger, the rows run in consecutive chunks of at most this many,
+    one at a time (a loop; each holds a few (K, chunk, D) arrays), the table factorised once.
     """
     shift = jnp.mean(components.means, axis=0)  # against cancellation when data sit far from 0
+    blocks = block_inverses(components, patterns)
+
+    def chunk_moments(rows, weights):
+        return _width_row_moments(components, blocks, shift, rows, weights)
+
+    n_rows = rows.values.shape[0]
+    if chunk_rows is None or n_rows <= chunk_rows:
+        gram, pattern_resp, log_lik = chunk_moments(rows, weights)
+    else:
+        chunk = -(-n_rows // -(-n_rows // chunk_rows))  # as even as the count allows
+        split = (units.split_chunks(rows, chunk, "edge"), units.split_chunks(weights, chunk, "zero"))
+        gram, pattern_resp, log_lik = parallel.sum_over_chunks(chunk_moments, split, unroll=1)
+    within = embedded_within(blocks.covariance, pattern_resp, patterns, rows.values.shape[1])
+    return (gram[:, -1, -1], gram[:, -1, :-1], gram[:, :-1, :-1] + within), log_lik
+
+
+def _width_row_moments(
+    components: GaussianComponents, blocks: BlockInverses, shift: jax.Array, rows: PartialRows, weights: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`width_e_step`'s sums over rows: (sum_n r [x_hat - mu, 1] [x_hat - mu, 1]^T (K, D + 1,
+    D + 1), the responsibilities summed per pattern (P, K), the weighted log-likelihood)."""
     y = rows.values - shift
     centres = components.means - shift  # (K, D)
-    blocks = block_inverses(components, patterns)
     covariance = jnp.swapaxes(blocks.covariance, 0, 1)[:, rows.pattern]  # C: (K, n, W, W)
     log_det_mm = blocks.log_det.T[:, rows.pattern]  # (K, n)
     linear = jnp.einsum("kde,ke->kd", components.precisions, centres)
@@ -400,9 +425,8 @@ def width_e_step(
     # squares, the sums and the counts.
     extended = jnp.concatenate([deviation, jnp.ones_like(deviation[..., :1])], axis=-1)
     gram = jnp.einsum("knd,kne->kde", resp_t[..., None] * extended, extended)  # (K, D + 1, D + 1)
-    pattern_resp = jax.ops.segment_sum(resp_t.T, rows.pattern, num_segments=len(patterns.slots))
-    within = embedded_within(blocks.covariance, pattern_resp, patterns, n_features)
-    return (gram[:, -1, -1], gram[:, -1, :-1], gram[:, :-1, :-1] + within), log_lik
+    pattern_resp = jax.ops.segment_sum(resp_t.T, rows.pattern, num_segments=blocks.log_det.shape[0])
+    return gram, pattern_resp, log_lik
 
 
 def _inner(left: jax.Array, right: jax.Array) -> jax.Array:

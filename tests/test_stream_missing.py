@@ -221,6 +221,27 @@ def test_arranged_rows_equal_partial_rows_of_the_arranged_block():
         start += capacity
 
 
+@pytest.mark.parametrize("n_features", [5, 70])  # keys as bit fields; as rows (more than 62 features)
+def test_sorted_patterns_groups_rows_by_pattern(n_features):
+    """sorted_patterns: one id per distinct pattern, ids ordered by entries missed, each
+    id's first row and width, and an order that keeps each pattern's rows together and in
+    their order."""
+    rng = np.random.default_rng(4)
+    templates = rng.random((6, n_features)) < 0.2
+    templates[0] = False  # complete rows
+    mask = templates[rng.integers(0, 6, 200)]
+    order, pattern, widths, first = missing.sorted_patterns(mask, mask.sum(axis=1))
+    distinct = {tuple(row) for row in mask}
+    assert len(widths) == len(first) == len(distinct)
+    for p in range(len(widths)):
+        rows = np.flatnonzero(pattern == p)
+        assert all((mask[rows] == mask[rows[0]]).all(axis=1)) and rows[0] == first[p] and mask[rows[0]].sum() == widths[p]
+    assert len({tuple(mask[first[p]]) for p in range(len(first))}) == len(first)  # distinct ids, distinct patterns
+    assert np.all(np.diff(widths) >= 0) and np.all(np.diff(pattern[order]) >= 0)
+    for p in range(len(widths)):
+        np.testing.assert_array_equal(order[pattern[order] == p], np.flatnonzero(pattern == p))  # stable
+
+
 def test_kmeans_start_sees_the_first_blocks_column_means():
     model, _ = STARTS["gmm"]
     res = stream.fit_stream(model, X, key=KEY, block_size=BLOCK, max_iter=40, tol=1e-8, missing="em")

@@ -398,6 +398,7 @@ class BlockMask:
 
 
 def as_block_mask(mask: BlockMask | np.ndarray) -> BlockMask:
+    """mask itself, or a BlockMask of the boolean array mask (n, D)."""
     return mask if isinstance(mask, BlockMask) else BlockMask(np.asarray(mask, bool))
 
 

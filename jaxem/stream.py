@@ -399,9 +399,10 @@ class _Stream:
     def e_pass(self, params):
         """(summed statistics, summed log-likelihood, total weight) at params: one pass.
 
-        At most two blocks are on the device at a time: the next block is read and put on
-        the device while the previous one's E-step runs (dispatch is asynchronous), and
-        then waits for it, so the host never runs ahead of the device by more than a block.
+        The host reads, prepares and puts the next block on the device while earlier
+        E-steps run (dispatch is asynchronous), and before dispatching a block's E-step it
+        waits for the E-step two blocks back: at most three blocks are alive at once (two
+        with E-steps queued, one being read), the streamed fit's memory beyond the model.
         """
         total = previous = None
         for data, weights in self.blocks():

@@ -15,10 +15,11 @@ at the defaults); the model is a full-covariance GaussianMixture(32).
    resource.getrusage's ru_maxrss also reads) over the whole run, compile included, and over
    each of MEMORY_FITS identical fits after resetting the mark (/proc/self/clear_refs), with
    the resident memory before each fit split into anonymous and file-backed pages (RssAnon,
-   RssFile: a memory-mapped file's pages count in the latter). The first fit compiles; the
-   next ones grow the process's heap once more (malloc keeps what it freed for reuse), and
-   the last fit shows the steady state. All relative to the process's memory just before
-   the data is touched (Python, JAX and jaxem imported). Compared with one block
+   RssFile: a memory-mapped file's pages count in the latter). The first fit compiles; each
+   later one holds up to three blocks at once (jaxem.stream's `_Stream.e_pass`), and how
+   much of that is already resident at its start depends on what malloc kept from the fit
+   before, so the later fits show the spread. All relative to the process's memory just
+   before the data is touched (Python, JAX and jaxem imported). Compared with one block
    (block_size x D x 4 bytes) plus the model, and with the data size.
 2. Time to a log-likelihood. From the same start (k-means++ on the first block), exact EM
    streamed (fit_stream, one pass per iteration) and online EM (fit_online, 1, 2, ...
@@ -47,9 +48,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 N_FEATURES, N_COMPONENTS = 8, 32
 WITHIN = 1e-3
-# Identical fits per memory run: the first compiles, and in-process traces of the streamed
-# fit (N = 2M-10M) found the heap still growing in the second and third (by 25-60 MiB,
-# retained), then flat: the fourth and later peaked one block's mapped pages above their start.
+# Identical fits per memory run: the first compiles; a later streamed fit peaked 29-92 MiB
+# above its start, varying from fit to fit and run to run (N = 10M), so five show the spread.
+# (Only with a thread polling /proc every 2 ms, which slows the host's loop, did in-process
+# traces settle at one block's mapped pages from the fourth fit on.)
 MEMORY_FITS = 5
 
 

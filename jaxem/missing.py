@@ -19,8 +19,11 @@ miss and by pattern. When patterns have many rows each, their rows are padded in
 of one pattern (weight-0 copies) and the E-step is two batched GEMMs over blocks with
 per-pattern coefficients (conditional_gaussian.blocked_e_step); when padding and per-block
 overhead would cost more than BLOCK_WASTE times the rows (many patterns of few rows, as at
-larger D), each group of rows missing W entries takes a per-row E-step of width W, one GEMM
-plus O(K (D + W^2)) per row (conditional_gaussian.width_e_step). Either way each pattern's
+larger D), the rows are grouped by how many entries W they miss and the same choice is made
+per group: blocks of one pattern, or a per-row E-step of width W, one GEMM plus
+O(K (D + W^2)) per row (conditional_gaussian.width_e_step). (At D = 16 with 10% missing the
+rows missing one or two entries have few patterns of many rows and run in blocks; the rows
+missing more have many patterns of few rows and run per row.) Either way each pattern's
 block is factorised once. For diagonal covariances no pattern matters (missing coordinates
 are independent of the observed ones given the component) and it is one GEMM each way
 (diagonal_e_step).
@@ -104,6 +107,9 @@ class MissingValues(Model):
     the same way (`prepare`): each group's E-step has its own pattern table of width W_g
     (`width_groups`, conditional_gaussian.width_e_step), so no row pays for the widest
     pattern; (): every incomplete row on the conditional E-step with `width` slots.
+    group_blocks: per entry of groups, B_g > 0 when that group's patterns are each padded
+    to a multiple of B_g rows and run as blocks of one pattern (blocked_e_step) rather than
+    per row (0); (): every group per row.
     """
 
     base: Any
@@ -112,6 +118,7 @@ class MissingValues(Model):
     patterns: tuple = dataclasses.field(default=(), metadata=dict(static=True))
     block_size: int = dataclasses.field(default=0, metadata=dict(static=True))
     groups: tuple = dataclasses.field(default=(), metadata=dict(static=True))
+    group_blocks: tuple = dataclasses.field(default=(), metadata=dict(static=True))
 
     additive_statistics = True
 
@@ -156,14 +163,17 @@ class MissingValues(Model):
             slots[i, : len(columns)], valid[i, : len(columns)] = columns, True
         return cg.MissingPatterns(slots, valid)
 
-    def width_groups(self) -> list[tuple[slice, int, cg.MissingPatterns]]:
+    def width_groups(self) -> list[tuple[slice, int, cg.MissingPatterns, int]]:
         """Per entry of `groups`: (its rows among the incomplete ones, the offset of its
-        patterns in `patterns`, its own (P_g, W_g) pattern table, no padding slots)."""
+        patterns in `patterns`, its own (P_g, W_g) pattern table, no padding slots, its
+        block size B_g or 0: per row)."""
         out, row, first = [], 0, 1
-        for width, n_rows in self.groups:
+        for g, (width, n_rows) in enumerate(self.groups):
             count = sum(len(columns) == width for columns in self.patterns)
             slots = np.array(self.patterns[first : first + count], np.int32).reshape(count, width)
-            out.append((slice(row, row + n_rows), first, cg.MissingPatterns(slots, np.ones(slots.shape, bool))))
+            table = cg.MissingPatterns(slots, np.ones(slots.shape, bool))
+            block = self.group_blocks[g] if self.group_blocks else 0
+            out.append((slice(row, row + n_rows), first, table, block))
             row, first = row + n_rows, first + count
         return out
 
@@ -184,11 +194,8 @@ class MissingValues(Model):
             incomplete = cg.pattern_blocks(incomplete.values, incomplete.pattern, self.block_size)
         elif incomplete is not None and self.groups:
             incomplete = tuple(
-                cg.PartialRows(
-                    incomplete.values[rows], incomplete.observed[rows], incomplete.missing_index[rows, : table.slots.shape[1]],
-                    incomplete.missing_valid[rows, : table.slots.shape[1]], incomplete.pattern[rows] - first,
-                )
-                for rows, first, table in self.width_groups()
+                _width_group(incomplete, rows, first, table.slots.shape[1], block)
+                for rows, first, table, block in self.width_groups()
             )
         return SplitRows(complete, incomplete)
 
@@ -235,10 +242,11 @@ class MissingValues(Model):
             moments, log_lik = cg.blocked_e_step(factors.components, incomplete, weights, self.pattern_table())
         elif isinstance(incomplete, cg.PartialRows):
             return self._conditional_e_step(factors, incomplete, sample_weight)
-        else:  # a tuple of width groups
+        else:  # a tuple of width groups, each in blocks of one pattern or per row
             parts = [
-                cg.width_e_step(factors.components, group, sample_weight[rows], table)
-                for group, (rows, _, table) in zip(incomplete, self.width_groups())
+                cg.blocked_e_step(factors.components, group, sample_weight[rows].reshape(-1, block), table)
+                if block else cg.width_e_step(factors.components, group, sample_weight[rows], table)
+                for group, (rows, _, table, block) in zip(incomplete, self.width_groups())
             ]
             moments, log_lik = jax.tree.map(lambda *leaves: sum(leaves[1:], leaves[0]), *parts)
         return self.base.statistics_from_moments(*moments), log_lik
@@ -255,6 +263,17 @@ class MissingValues(Model):
 
     def maximize(self, stats, params, m_state, data, sample_weight):
         return self.base.maximize(stats, params, m_state, data, sample_weight)
+
+
+def _width_group(incomplete: cg.PartialRows, rows: slice, first: int, width: int, block: int) -> Any:
+    """One entry of `MissingValues.groups` from the incomplete rows: its rows with `width`
+    slots and pattern ids local to its table, as PatternBlocks of `block` rows (block > 0)
+    or as PartialRows."""
+    group = cg.PartialRows(
+        incomplete.values[rows], incomplete.observed[rows], incomplete.missing_index[rows, :width],
+        incomplete.missing_valid[rows, :width], incomplete.pattern[rows] - first,
+    )
+    return cg.pattern_blocks(group.values, group.pattern, block) if block else group
 
 
 def prepare(model: Any, X: Any, sample_weight: Any) -> tuple[MissingValues, Any, Any]:
@@ -278,26 +297,29 @@ def prepare(model: Any, X: Any, sample_weight: Any) -> tuple[MissingValues, Any,
     missing = np.isnan(np.asarray(X, dtype=float))
     check_missing_pattern(missing)
     n_missing = missing.sum(axis=1)
-    _, group, _, first = sorted_patterns(missing, n_missing)
+    _, group, pattern_widths, first = sorted_patterns(missing, n_missing)
     patterns = tuple(tuple(int(c) for c in np.flatnonzero(missing[i])) for i in first)
     if patterns[0]:  # no complete row: still keep the empty pattern at index 0
-        patterns, group = ((),) + patterns, group + 1
+        patterns, group, pattern_widths = ((),) + patterns, group + 1, np.concatenate([[0], pattern_widths])
     sizes = np.bincount(group, minlength=len(patterns))[1:]
-    block_size, cost = choose_block_size(sizes)
-    if cost > BLOCK_WASTE * sizes.sum():
-        block_size = 0  # per row, in groups of one width
-    order, is_pad = pattern_order(group, block_size)
-    widths, counts = np.unique(n_missing[n_missing > 0], return_counts=True)
-    groups = () if block_size else tuple((int(w), int(c)) for w, c in zip(widths, counts))
+    block_size = blocks = worth_blocking(sizes, missing.shape[1])
+    widths, group_blocks = np.unique(pattern_widths[1:]), ()
+    if not block_size:  # in groups of one width, each in blocks of one pattern or per row
+        group_blocks = tuple(worth_blocking(sizes[pattern_widths[1:] == w], missing.shape[1]) for w in widths)
+        blocks = np.array((0,) + group_blocks)[np.searchsorted(widths, pattern_widths) + (pattern_widths > 0)]
+    order, is_pad = pattern_order(group, blocks)
+    row_widths = pattern_widths[group[order]]
+    groups = () if block_size else tuple((int(w), int(np.sum(row_widths == w))) for w in widths)
+    group_blocks = group_blocks if any(group_blocks) else ()
     weights = sample_weight
-    if sample_weight is not None or block_size:
+    if sample_weight is not None or np.any(is_pad):
         weights = jnp.ones(n_missing.size) if sample_weight is None else jnp.asarray(sample_weight)
         if weights.shape == (n_missing.size,):
             weights = jnp.where(is_pad, 0.0, weights[order])
         else:
             weights = sample_weight  # wrong shape: jaxem.fit's check reports it
     n_complete = int(np.sum(n_missing == 0))
-    wrapped = MissingValues(model, n_complete, max(int(n_missing.max()), 1), patterns, block_size, groups)
+    wrapped = MissingValues(model, n_complete, max(int(n_missing.max()), 1), patterns, block_size, groups, group_blocks)
     return wrapped, np.asarray(X)[order], weights
 
 
@@ -312,14 +334,15 @@ def check_gaussian_components(model: Any) -> None:
             )
 
 
-def pattern_order(group: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+def pattern_order(group: np.ndarray, block_size: int | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(order, is_pad): the rows by pattern id group (n,) (stable: the data's order within a
-    pattern), each pattern but 0 (the complete rows) padded to a multiple of block_size (0:
-    not padded) by repeating its last row, and which entries of order are such copies."""
+    pattern), each pattern but 0 (the complete rows) padded to a multiple of block_size
+    (one for all patterns or one per pattern; 0: not padded) by repeating its last row, and
+    which entries of order are such copies."""
     counts = np.bincount(group)
+    blocks = np.broadcast_to(block_size, counts.shape)[1:]
     padded = counts.copy()
-    if block_size:
-        padded[1:] += -counts[1:] % block_size
+    padded[1:] += np.where(blocks > 0, -counts[1:] % np.maximum(blocks, 1), 0)
     by_pattern = np.argsort(group, kind="stable")
     pattern = np.repeat(np.arange(counts.size), padded)
     within = np.arange(padded.sum()) - np.repeat(np.cumsum(padded) - padded, padded)
@@ -333,23 +356,40 @@ BLOCK_SIZES = (8, 16, 32, 64, 128, 256)
 BLOCK_OVERHEAD_ROWS = 16
 # Blocks when their padded rows plus overhead are at most this many times the rows.
 BLOCK_WASTE = 1.5
+# At most this many features x rows per block: a block's features beyond it fall out of
+# cache between its two GEMMs (D = 16: blocks of 64 rows ran 1.3-1.6x faster per row than
+# blocks of 256).
+BLOCK_FEATURE_ENTRIES = 16384
 
 
-def choose_block_size(group_sizes: np.ndarray) -> tuple[int, int]:
+def worth_blocking(group_sizes: np.ndarray, n_features: int) -> int:
+    """The block size (`choose_block_size`) for patterns with group_sizes rows each, or 0
+    when blocks would cost more than BLOCK_WASTE times the rows (then the rows run per
+    row: conditional_gaussian.width_e_step)."""
+    block_size, cost = choose_block_size(group_sizes, n_features)
+    return block_size if cost <= BLOCK_WASTE * group_sizes.sum() else 0
+
+
+def choose_block_size(group_sizes: np.ndarray, n_features: int) -> tuple[int, int]:
     """(block size of BLOCK_SIZES, its cost): the size that minimises padded rows plus
-    per-block overhead for patterns with group_sizes rows each.
+    per-block overhead for patterns with group_sizes rows each, of at most
+    BLOCK_FEATURE_ENTRIES / n_phi rows (n_phi = (D + 1) (D + 2) / 2 features a row).
 
     benchmarks/bench_missing.py, D = 16, K = 8, 10% missing (3858 patterns of 21 rows on
-    average): blocks of 16 cost 3.9 times the rows, and the per-row E-step in width
-    groups ran 2-3x faster than blocks (even with low-rank pattern terms); D = 5 (31
-    patterns of ~1300 rows): blocks of 256, 1.1 times the rows.
+    average): blocks of 16 for all incomplete rows cost 3.9 times the rows, and ran slower
+    than the per-row E-step; blocks of 64 for the rows missing one entry (16 patterns of
+    ~2060 rows) and two (120 of ~230) cost 1.0 and 1.4 times the rows and ran 5-7x faster
+    than per row (so `prepare` decides per width); D = 5 (31 patterns of ~1300 rows):
+    blocks of 256, 1.1 times the rows.
     """
+    n_phi = (n_features + 1) * (n_features + 2) // 2
+    sizes = [size for size in BLOCK_SIZES if size * n_phi <= BLOCK_FEATURE_ENTRIES] or BLOCK_SIZES[:1]
 
     def cost(size):
         n_blocks = np.sum(-(-group_sizes // size))
         return n_blocks * (size + BLOCK_OVERHEAD_ROWS)
 
-    size = min(BLOCK_SIZES, key=cost)
+    size = min(sizes, key=cost)
     return size, int(cost(size))
 
 

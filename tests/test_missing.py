@@ -8,6 +8,8 @@ jaxem factorises only the missing block of the precision matrix and splits compl
 onto the GEMM path, so agreement tests the algebra, the split and the bookkeeping.
 """
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -151,7 +153,7 @@ def test_width_e_step_in_chunks_equals_one_pass():
     _, holes = _data()
     wrapped, ordered, _ = jaxem.missing.prepare(jaxem.GaussianMixture(N_COMPONENTS, "full"), holes, None)
     split = wrapped.precompute(wrapped.as_data(ordered))
-    (_, _, table), group = wrapped.width_groups()[0], split.incomplete[0]
+    (_, _, table, _), group = wrapped.width_groups()[0], split.incomplete[0]
     start = _start("full")
     components = cg.gaussian_components(np.log(start["weights"]), start["means"], start["covariances"])
     weights = np.random.default_rng(2).uniform(0.5, 2.0, group.values.shape[0])
@@ -159,6 +161,48 @@ def test_width_e_step_in_chunks_equals_one_pass():
     one_pass, chunked = (cg.width_e_step(components, group, weights, table, chunk_rows) for chunk_rows in (None, 7))
     for got, want in zip(jax.tree.leaves(chunked), jax.tree.leaves(one_pass)):
         np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def _rows_missing(X, widths_and_counts, seed):
+    """X with rows deleted pattern by pattern: for (W, n) every W-subset of the columns is
+    missing from n consecutive rows; the rest stay complete."""
+    holes, row = X.copy(), 0
+    for width, count in widths_and_counts:
+        for columns in itertools.combinations(range(X.shape[1]), width):
+            holes[row : row + count, list(columns)] = np.nan
+            row += count
+    return holes[np.random.RandomState(seed).permutation(len(X))]
+
+
+@pytest.mark.parametrize("layout", ["blocks for one width, per row for the other", "blocks for all widths"])
+def test_rows_in_blocks_of_one_pattern_match_the_numpy_reference(layout):
+    """Patterns with many rows run as padded blocks of one pattern (blocked_e_step), all of
+    them (prepare's block_size) or those of one width (group_blocks) beside per-row groups;
+    with sample weights, which the padding rows must not take."""
+    few = 3 if layout.startswith("blocks for one") else 240
+    X, _ = _data(n_rows=3 * 240 + 3 * few + 40)
+    holes = _rows_missing(X, [(1, 240), (2, few)], seed=1)
+    model = jaxem.GaussianMixture(N_COMPONENTS, "full")
+    wrapped, _, _ = jaxem.missing.prepare(model, holes, None)
+    if few == 3:
+        assert not wrapped.block_size and wrapped.group_blocks[0] > 0 and wrapped.group_blocks[1] == 0
+        assert wrapped.groups[0][1] % wrapped.group_blocks[0] == 0
+    else:
+        assert wrapped.block_size and not wrapped.groups
+    weights = np.random.RandomState(2).uniform(0.5, 2.0, len(X))
+    start = _start("full")
+    result = _fit(model, holes, init=start, max_iter=6, sample_weight=weights)
+    w, mu, cov, trace = _reference_gmm(holes, start, "full", 6, weights)
+    for got, want in zip(result.params, (w, mu, cov)):
+        np.testing.assert_allclose(got, want, rtol=1e-9)
+    np.testing.assert_allclose(result.trace, trace, rtol=1e-11)
+
+
+def test_pattern_order_pads_each_pattern_to_its_own_block_size():
+    group = np.array([2, 0, 1, 2, 1, 1, 0, 2, 1])  # pattern 0: complete rows, never padded
+    order, is_pad = jaxem.missing.pattern_order(group, np.array([4, 3, 0]))
+    np.testing.assert_array_equal(order, [1, 6, 2, 4, 5, 8, 8, 8, 0, 3, 7])
+    np.testing.assert_array_equal(is_pad, [0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0])
 
 
 def test_chunks_weights_jit_and_acceleration_give_the_same_fit():

@@ -3,11 +3,12 @@ complete data, in one run.
 
 Gaussian mixtures (full covariances unless stated) on N rows, float32 and float64, with a
 fraction of entries deleted at random (MCAR); the same start, a case's number of iterations (tol 0)
-for every fit, auto chunks. Reported: ms per iteration (median of REPEATS runs of the compiled
-program, compile time apart; the marginal cost of an iteration, from fits of n and 2 n
-iterations, and the rest of a call apart), the ratio to the faster of the complete-data fits
-with auto chunks and in one pass (a missing="em" fit runs in one pass, its incomplete rows
-in blocks of one missingness pattern), and the share of rows
+for every fit, auto chunks. Reported: ms per iteration (the marginal cost of an iteration, from
+fits of n and 2 n iterations, compile time and the rest of a call apart; median of `repeats`
+rounds, each running every fit of the case in turn), the ratio to the faster of the
+complete-data fits with auto chunks and in one pass (the median of the rounds' ratios; a
+missing="em" fit runs in one pass, its incomplete rows in blocks of one missingness pattern
+or per row), and the share of rows
 with a missing entry (only those take the conditional E-step). For context, the same
 complete-data fit in scikit-learn (which rejects NaN), ms per iteration.
 
@@ -24,6 +25,7 @@ Writes benchmarks/results/missing_stream.json.
 
 import argparse
 import json
+import statistics
 import sys
 import time
 import warnings
@@ -43,9 +45,14 @@ from jaxem import stream  # noqa: E402
 from benchmarks.bench_factor_analysis import median_time  # noqa: E402
 
 # (D, K, covariance type, fraction of entries deleted, iterations per timed fit)
-FULL = dict(repeats=3, n=100_000, cases=[
-    (5, 4, "full", 0.1, 200), (5, 4, "full", 0.02, 200), (5, 4, "diag", 0.1, 200), (16, 8, "full", 0.1, 5),
+# Alternating rounds, and iterations enough that an iteration outweighs the call's varying
+# rest (grouping the rows alone takes 0.05-0.45 s): with each fit's calls timed apart, three
+# repeats and 200 / 5 iterations, this machine's noise gave marginal costs off by 2x and, for
+# the fastest fits, below zero.
+FULL = dict(repeats=7, n=100_000, cases=[
+    (5, 4, "full", 0.1, 1000), (5, 4, "full", 0.02, 1000), (5, 4, "diag", 0.1, 1000), (16, 8, "full", 0.1, 20),
 ])
+SKLEARN_ITERS = 100  # scikit-learn's iteration costs 20-200 ms here: its mean over 100 is steady
 QUICK = dict(repeats=2, n=5_000, cases=[(5, 4, "full", 0.1, 5)])
 # The largest case alone (the one issue #15 targets), at full size.
 D16 = dict(FULL, cases=FULL["cases"][-1:])
@@ -68,22 +75,44 @@ def delete_entries(X, fraction, seed):
     return holes
 
 
-def timed_fit(model, X, start, iters, repeats, missing, **options):
-    """ms per iteration as the marginal cost (calls of 2 * iters and iters iterations), and
-    the rest of a call of iters iterations (validation, preparing the data, dispatch)."""
+def fit_runner(model, X, start, missing, **options):
+    """n_iter -> the fit of X from start with n_iter iterations (tol 0)."""
 
     def run(n_iter):
         return jaxem.fit(
             model, X, key=jax.random.key(0), init=start, max_iter=n_iter, tol=0.0, diff=None, missing=missing, **options
         )
 
-    t = time.perf_counter()
-    result = jax.block_until_ready(run(iters))
-    first = time.perf_counter() - t
-    jax.block_until_ready(run(2 * iters))
-    short, long = median_time(lambda: run(iters), repeats), median_time(lambda: run(2 * iters), repeats)
-    per_iter = (long - short) / iters
-    return result, dict(ms_per_iter=1e3 * per_iter, call_overhead_ms=1e3 * (short - iters * per_iter), first_call_s=first)
+    return run
+
+
+def timed_fits(runs, iters, repeats):
+    """{name: (result, timings)} for the fits runs {name: n_iter -> result}: each compiled
+    and run once, then `repeats` rounds in which every fit runs with iters and 2 iters
+    iterations in turn, so that the machine's drift falls on all of them alike. ms_per_iter:
+    the median over rounds of the marginal cost (2 iters - iters) / iters; call_overhead_ms:
+    the median of the rest of an iters call (validation, preparing the data, dispatch);
+    per_round_ms: each round's marginal cost, for ratios within a round."""
+    results, firsts, rounds = {}, {}, {name: [] for name in runs}
+    for name, run in runs.items():
+        t = time.perf_counter()
+        results[name] = jax.block_until_ready(run(iters))
+        firsts[name] = time.perf_counter() - t
+        jax.block_until_ready(run(2 * iters))
+    for _ in range(repeats):
+        for name, run in runs.items():
+            short, long = median_time(lambda: run(iters), 1), median_time(lambda: run(2 * iters), 1)
+            rounds[name].append((short, long))
+    out = {}
+    for name, pairs in rounds.items():
+        per_round = [(long - short) / iters for short, long in pairs]
+        per_iter = statistics.median(per_round)
+        overhead = statistics.median(short - iters * per_iter for short, _ in pairs)
+        out[name] = (results[name], dict(
+            ms_per_iter=1e3 * per_iter, call_overhead_ms=1e3 * overhead, first_call_s=firsts[name],
+            per_round_ms=[1e3 * t for t in per_round],
+        ))
+    return out
 
 
 def sklearn_ms_per_iter(X, k, cov_type, start, iters, repeats):
@@ -164,18 +193,20 @@ def main(argv=None):
         for dtype in ("float64", "float32"):
             Xd, Hd = jnp.asarray(X, dtype), jnp.asarray(holes, dtype)
             s = {name: v.astype(dtype) for name, v in start.items()}
-            complete, complete_t = timed_fit(model, Xd, s, iters, repeats, None)
-            _, one_pass_t = timed_fit(model, Xd, s, iters, repeats, None, chunk_size=None)
-            missing, missing_t = timed_fit(model, Hd, s, iters, repeats, "em")
-            fastest = min(complete_t["ms_per_iter"], one_pass_t["ms_per_iter"])
+            timed = timed_fits(dict(
+                complete=fit_runner(model, Xd, s, None), one_pass=fit_runner(model, Xd, s, None, chunk_size=None),
+                missing=fit_runner(model, Hd, s, "em"),
+            ), iters, repeats)
+            (complete, complete_t), (_, one_pass_t), (missing, missing_t) = timed.values()
+            per_round = zip(complete_t["per_round_ms"], one_pass_t["per_round_ms"], missing_t["per_round_ms"])
             row[dtype] = dict(
                 complete=complete_t, complete_one_pass=one_pass_t, missing=missing_t,
-                ratio=missing_t["ms_per_iter"] / fastest,
+                ratio=statistics.median(m / min(c, o) for c, o, m in per_round),
                 complete_log_likelihood=float(complete.log_likelihood),
                 missing_log_likelihood=float(missing.log_likelihood),
                 missing_n_decreases=int(missing.n_decreases),
             )
-        row["sklearn_complete_ms_per_iter"] = sklearn_ms_per_iter(X, k, cov_type, start, iters, repeats)
+        row["sklearn_complete_ms_per_iter"] = sklearn_ms_per_iter(X, k, cov_type, start, min(iters, SKLEARN_ITERS), 3)
         rows.append(row)
         print(json.dumps(row), flush=True)
     report = dict(

@@ -280,9 +280,11 @@ def prepare(model: Any, X: Any, sample_weight: Any) -> tuple[MissingValues, Any,
     """(MissingValues(model), X, sample_weight) for `jaxem.fit(..., missing="em")`. On
     concrete data the rows are reordered, complete rows first and then the incomplete ones
     by how many entries they miss and by pattern; the weights move with the rows. The
-    wrapper's E-step then splits complete rows statically and runs each group of
-    incomplete rows at its own width. Traced data is unchanged: every row on the per-row
-    conditional E-step (W = D).
+    wrapper's E-step then splits complete rows statically and runs the incomplete ones in
+    blocks of one pattern (each pattern padded with weight-0 copies of its last row) where
+    patterns have rows enough (`worth_blocking`: all of them, or the groups of one width
+    that do), the others per row, each group at its own width. Traced data is unchanged:
+    every row on the per-row conditional E-step (W = D).
 
     Raises:
       TypeError: a model without Gaussian components.

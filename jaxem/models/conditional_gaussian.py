@@ -323,9 +323,10 @@ def blocked_e_step(
     (n_blocks, B): two batched GEMMs over blocks, then each pattern's raw moments of y
     mapped to the expected moments of x (`PatternTerms`, `_pattern_moments`)."""
     terms = pattern_terms(components, patterns, blocks.shift)
-    # Both batched GEMMs contract a major axis of one operand with a minor axis of the other:
-    # XLA:CPU ran the forms that contract both operands' minor axes (the features' row axis
-    # with resp's) 4-7x slower.
+    # Both batched GEMMs contract a major axis of one operand with a minor axis of the other.
+    # XLA:CPU ran the moments 7x slower contracting both operands' minor axes (the features'
+    # row axis with resp's) and the log-density 1.5x slower contracting both major axes (240
+    # blocks of 256 rows, D = 16, K = 8, float32: 37 and 7.0 ms against 5 and 4.6).
     coefficients = jnp.swapaxes(terms.coefficients, 1, 2)[blocks.pattern]  # (n_blocks, K, n_phi)
     log_joint_t = jnp.einsum("bkq,bqn->bkn", coefficients, blocks.features)
     resp_t, log_lik = weighted_posterior(log_joint_t, weights, axis=1)

@@ -308,7 +308,8 @@ def prepare(model: Any, X: Any, sample_weight: Any) -> tuple[MissingValues, Any,
     widths, group_blocks = np.unique(pattern_widths[1:]), ()
     if not block_size:  # in groups of one width, each in blocks of one pattern or per row
         group_blocks = tuple(worth_blocking(sizes[pattern_widths[1:] == w], missing.shape[1]) for w in widths)
-        blocks = np.array((0,) + group_blocks)[np.searchsorted(widths, pattern_widths) + (pattern_widths > 0)]
+        # Each pattern's block size is its width group's (0 for the complete rows' pattern).
+        blocks = np.array((0,) + group_blocks)[np.searchsorted(np.concatenate([[0], widths]), pattern_widths)]
     order, is_pad = pattern_order(group, blocks)
     row_widths = pattern_widths[group[order]]
     groups = () if block_size else tuple((int(w), int(np.sum(row_widths == w))) for w in widths)

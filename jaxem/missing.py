@@ -17,13 +17,16 @@ entries any row misses) depends only on the row's missingness pattern, so on con
 `prepare` orders the rows complete first, then the incomplete ones by how many entries they
 miss and by pattern. When patterns have many rows each, their rows are padded into blocks
 of one pattern (weight-0 copies) and the E-step is two batched GEMMs over blocks with
-per-pattern coefficients (conditional_gaussian.blocked_e_step); when padding and per-block
-overhead would cost more than BLOCK_WASTE times the rows (many patterns of few rows, as at
+per-pattern coefficients (conditional_gaussian.blocked_e_step), or, for patterns of fewer
+rows than that E-step's O(K D^2) work per pattern pays for, the complete-data GEMMs shared by
+all patterns with rank-W corrections per block (low_rank_e_step; `choose_blocks`); when padding and per-block
+overhead would cost too much more than the rows (many patterns of very few rows, as at
 larger D), the rows are grouped by how many entries W they miss and the same choice is made
 per group: blocks of one pattern, or a per-row E-step of width W, one GEMM plus
 O(K (D + W^2)) per row (conditional_gaussian.width_e_step). (At D = 16 with 10% missing the
-rows missing one or two entries have few patterns of many rows and run in blocks; the rows
-missing more have many patterns of few rows and run per row.) Either way each pattern's
+rows missing one or two entries have few patterns of many rows and run in blocks with
+per-pattern coefficients; those missing three (560 patterns of ~25 rows) in low-rank blocks;
+those missing more have patterns of a few rows each and run per row.) Either way each pattern's
 block is factorised once. For diagonal covariances no pattern matters (missing coordinates
 are independent of the observed ones given the component) and it is one GEMM each way
 (diagonal_e_step).
@@ -110,6 +113,9 @@ class MissingValues(Model):
     group_blocks: per entry of groups, B_g > 0 when that group's patterns are each padded
     to a multiple of B_g rows and run as blocks of one pattern (blocked_e_step) rather than
     per row (0); (): every group per row.
+    low_rank: per entry of groups, True when that group's blocks take
+    conditional_gaussian.low_rank_e_step rather than blocked_e_step (`choose_blocks`);
+    (): none does (the blocks of `block_size` never do).
     """
 
     base: Any
@@ -119,6 +125,7 @@ class MissingValues(Model):
     block_size: int = dataclasses.field(default=0, metadata=dict(static=True))
     groups: tuple = dataclasses.field(default=(), metadata=dict(static=True))
     group_blocks: tuple = dataclasses.field(default=(), metadata=dict(static=True))
+    low_rank: tuple = dataclasses.field(default=(), metadata=dict(static=True))
 
     additive_statistics = True
 
@@ -163,17 +170,18 @@ class MissingValues(Model):
             slots[i, : len(columns)], valid[i, : len(columns)] = columns, True
         return cg.MissingPatterns(slots, valid)
 
-    def width_groups(self) -> list[tuple[slice, int, cg.MissingPatterns, int]]:
+    def width_groups(self) -> list[tuple[slice, int, cg.MissingPatterns, int, bool]]:
         """Per entry of `groups`: (its rows among the incomplete ones, the offset of its
         patterns in `patterns`, its own (P_g, W_g) pattern table, no padding slots, its
-        block size B_g or 0: per row)."""
+        block size B_g or 0: per row, whether its blocks are low-rank)."""
         out, row, first = [], 0, 1
         for g, (width, n_rows) in enumerate(self.groups):
             count = sum(len(columns) == width for columns in self.patterns)
             slots = np.array(self.patterns[first : first + count], np.int32).reshape(count, width)
             table = cg.MissingPatterns(slots, np.ones(slots.shape, bool))
             block = self.group_blocks[g] if self.group_blocks else 0
-            out.append((slice(row, row + n_rows), first, table, block))
+            low_rank = bool(self.low_rank[g]) if self.low_rank else False
+            out.append((slice(row, row + n_rows), first, table, block, low_rank))
             row, first = row + n_rows, first + count
         return out
 
@@ -194,8 +202,8 @@ class MissingValues(Model):
             incomplete = cg.pattern_blocks(incomplete.values, incomplete.pattern, self.block_size)
         elif incomplete is not None and self.groups:
             incomplete = tuple(
-                _width_group(incomplete, rows, first, table.slots.shape[1], block)
-                for rows, first, table, block in self.width_groups()
+                _width_group(incomplete, rows, first, table.slots.shape[1], block, low_rank)
+                for rows, first, table, block, low_rank in self.width_groups()
             )
         return SplitRows(complete, incomplete)
 
@@ -244,9 +252,9 @@ class MissingValues(Model):
             return self._conditional_e_step(factors, incomplete, sample_weight)
         else:  # a tuple of width groups, each in blocks of one pattern or per row
             parts = [
-                cg.blocked_e_step(factors.components, group, sample_weight[rows].reshape(-1, block), table)
+                _blocks_e_step(factors.components, group, sample_weight[rows].reshape(-1, block), table)
                 if block else cg.width_e_step(factors.components, group, sample_weight[rows], table)
-                for group, (rows, _, table, block) in zip(incomplete, self.width_groups())
+                for group, (rows, _, table, block, _) in zip(incomplete, self.width_groups())
             ]
             moments, log_lik = jax.tree.map(lambda *leaves: sum(leaves[1:], leaves[0]), *parts)
         return self.base.statistics_from_moments(*moments), log_lik
@@ -265,15 +273,23 @@ class MissingValues(Model):
         return self.base.maximize(stats, params, m_state, data, sample_weight)
 
 
-def _width_group(incomplete: cg.PartialRows, rows: slice, first: int, width: int, block: int) -> Any:
+def _blocks_e_step(components: cg.GaussianComponents, blocks: Any, weights: jax.Array, patterns: cg.MissingPatterns):
+    """The E-step of rows in blocks of one pattern, in the form they were made for."""
+    e_step = cg.low_rank_e_step if isinstance(blocks, cg.LowRankBlocks) else cg.blocked_e_step
+    return e_step(components, blocks, weights, patterns)
+
+
+def _width_group(incomplete: cg.PartialRows, rows: slice, first: int, width: int, block: int, low_rank: bool) -> Any:
     """One entry of `MissingValues.groups` from the incomplete rows: its rows with `width`
-    slots and pattern ids local to its table, as PatternBlocks of `block` rows (block > 0)
-    or as PartialRows."""
+    slots and pattern ids local to its table, in blocks of `block` rows (block > 0;
+    LowRankBlocks or PatternBlocks) or as PartialRows."""
     group = cg.PartialRows(
         incomplete.values[rows], incomplete.observed[rows], incomplete.missing_index[rows, :width],
         incomplete.missing_valid[rows, :width], incomplete.pattern[rows] - first,
     )
-    return cg.pattern_blocks(group.values, group.pattern, block) if block else group
+    if not block:
+        return group
+    return (cg.low_rank_blocks if low_rank else cg.pattern_blocks)(group.values, group.pattern, block)
 
 
 def prepare(model: Any, X: Any, sample_weight: Any) -> tuple[MissingValues, Any, Any]:
@@ -282,8 +298,9 @@ def prepare(model: Any, X: Any, sample_weight: Any) -> tuple[MissingValues, Any,
     by how many entries they miss and by pattern; the weights move with the rows. The
     wrapper's E-step then splits complete rows statically and runs the incomplete ones in
     blocks of one pattern (each pattern padded with weight-0 copies of its last row) where
-    patterns have rows enough (`worth_blocking`: all of them, or the groups of one width
-    that do), the others per row, each group at its own width. Traced data is unchanged:
+    patterns have rows enough (`choose_blocks`: all of them, or the groups of one width
+    that do; each in the form of blocked E-step that suits its patterns), the others per
+    row, each group at its own width. Traced data is unchanged:
     every row on the per-row conditional E-step (W = D).
 
     Raises:
@@ -304,16 +321,19 @@ def prepare(model: Any, X: Any, sample_weight: Any) -> tuple[MissingValues, Any,
     if patterns[0]:  # no complete row: still keep the empty pattern at index 0
         patterns, group, pattern_widths = ((),) + patterns, group + 1, np.concatenate([[0], pattern_widths])
     sizes = np.bincount(group, minlength=len(patterns))[1:]
-    block_size = blocks = worth_blocking(sizes, missing.shape[1])
-    widths, group_blocks = np.unique(pattern_widths[1:]), ()
+    # All incomplete rows in one table of the widest width only with per-pattern coefficients:
+    # low-rank blocks would pay for its padding slots in every row.
+    block_size, low_rank = choose_blocks(sizes, missing.shape[1])
+    block_size = 0 if low_rank else block_size
+    widths, group_blocks, blocks, low_rank = np.unique(pattern_widths[1:]), (), block_size, ()
     if not block_size:  # in groups of one width, each in blocks of one pattern or per row
-        group_blocks = tuple(worth_blocking(sizes[pattern_widths[1:] == w], missing.shape[1]) for w in widths)
+        group_blocks, low_rank = zip(*(choose_blocks(sizes[pattern_widths[1:] == w], missing.shape[1]) for w in widths))
         # Each pattern's block size is its width group's (0 for the complete rows' pattern).
         blocks = np.array((0,) + group_blocks)[np.searchsorted(np.concatenate([[0], widths]), pattern_widths)]
     order, is_pad = pattern_order(group, blocks)
     row_widths = pattern_widths[group[order]]
     groups = () if block_size else tuple((int(w), int(np.sum(row_widths == w))) for w in widths)
-    group_blocks = group_blocks if any(group_blocks) else ()
+    group_blocks, low_rank = (group_blocks if any(group_blocks) else ()), (low_rank if any(low_rank) else ())
     weights = sample_weight
     if sample_weight is not None or np.any(is_pad):
         weights = jnp.ones(n_missing.size) if sample_weight is None else jnp.asarray(sample_weight)
@@ -322,7 +342,7 @@ def prepare(model: Any, X: Any, sample_weight: Any) -> tuple[MissingValues, Any,
         else:
             weights = sample_weight  # wrong shape: jaxem.fit's check reports it
     n_complete = int(np.sum(n_missing == 0))
-    wrapped = MissingValues(model, n_complete, max(int(n_missing.max()), 1), patterns, block_size, groups, group_blocks)
+    wrapped = MissingValues(model, n_complete, max(int(n_missing.max()), 1), patterns, block_size, groups, group_blocks, low_rank)
     return wrapped, np.asarray(X)[order], weights
 
 
@@ -359,18 +379,32 @@ BLOCK_SIZES = (8, 16, 32, 64, 128, 256)
 BLOCK_OVERHEAD_ROWS = 16
 # Blocks when their padded rows plus overhead are at most this many times the rows.
 BLOCK_WASTE = 1.5
+# Patterns that average fewer rows than this times D take low-rank blocks
+# (conditional_gaussian.low_rank_e_step), which may pad more: D = 16, K = 8, the rows
+# missing three entries (561 patterns of ~25 rows), E-step alone, float32: per row 8-9 ms;
+# blocks of 16 (1.3 times the rows, a cost of 2.6) with per-pattern coefficients 14-20 ms,
+# low-rank 4.5-5.1 ms. Patterns of ~230 and ~2060 rows (W = 2, 1) ran as fast either way;
+# at D = 5, patterns of ~1300 rows ran 1.3-2x faster with per-pattern coefficients.
+LOW_RANK_ROWS_PER_FEATURE = 8
+LOW_RANK_WASTE = 3.0
 # At most this many features x rows per block: a block's features beyond it fall out of
 # cache between its two GEMMs (D = 16: blocks of 64 rows ran 1.3-1.6x faster per row than
 # blocks of 256).
 BLOCK_FEATURE_ENTRIES = 16384
 
 
-def worth_blocking(group_sizes: np.ndarray, n_features: int) -> int:
-    """The block size (`choose_block_size`) for patterns with group_sizes rows each, or 0
-    when blocks would cost more than BLOCK_WASTE times the rows (then the rows run per
-    row: conditional_gaussian.width_e_step)."""
+def choose_blocks(group_sizes: np.ndarray, n_features: int) -> tuple[int, bool]:
+    """(B, low_rank) for patterns with group_sizes rows each: the block size
+    (`choose_block_size`), or 0 when blocks would cost more than BLOCK_WASTE times the rows
+    (LOW_RANK_WASTE for low-rank blocks; then the rows run per row:
+    conditional_gaussian.width_e_step); low_rank when the patterns average fewer than
+    LOW_RANK_ROWS_PER_FEATURE * D rows, too few to amortise blocked_e_step's O(K D^2) work
+    per pattern, so that low_rank_e_step's O(K W D) per pattern and per row costs less."""
+    low_rank = bool(group_sizes.sum() < LOW_RANK_ROWS_PER_FEATURE * n_features * group_sizes.size)  # by the mean
     block_size, cost = choose_block_size(group_sizes, n_features)
-    return block_size if cost <= BLOCK_WASTE * group_sizes.sum() else 0
+    if cost > (LOW_RANK_WASTE if low_rank else BLOCK_WASTE) * group_sizes.sum():
+        return 0, False
+    return block_size, low_rank
 
 
 def choose_block_size(group_sizes: np.ndarray, n_features: int) -> tuple[int, int]:

@@ -153,7 +153,7 @@ def test_width_e_step_in_chunks_equals_one_pass():
     _, holes = _data()
     wrapped, ordered, _ = jaxem.missing.prepare(jaxem.GaussianMixture(N_COMPONENTS, "full"), holes, None)
     split = wrapped.precompute(wrapped.as_data(ordered))
-    (_, _, table, _), group = wrapped.width_groups()[0], split.incomplete[0]
+    (_, _, table, _, _), group = wrapped.width_groups()[0], split.incomplete[0]
     start = _start("full")
     components = cg.gaussian_components(np.log(start["weights"]), start["means"], start["covariances"])
     weights = np.random.default_rng(2).uniform(0.5, 2.0, group.values.shape[0])
@@ -174,11 +174,18 @@ def _rows_missing(X, widths_and_counts, seed):
     return holes[np.random.RandomState(seed).permutation(len(X))]
 
 
+@pytest.mark.parametrize("form", ["per-pattern coefficients", "low rank"])
 @pytest.mark.parametrize("layout", ["blocks for one width, per row for the other", "blocks for all widths"])
-def test_rows_in_blocks_of_one_pattern_match_the_numpy_reference(layout):
-    """Patterns with many rows run as padded blocks of one pattern (blocked_e_step), all of
-    them (prepare's block_size) or those of one width (group_blocks) beside per-row groups;
-    with sample weights, which the padding rows must not take."""
+def test_rows_in_blocks_of_one_pattern_match_the_numpy_reference(layout, form, monkeypatch):
+    """Patterns with many rows run as padded blocks of one pattern (blocked_e_step, or
+    low_rank_e_step for patterns of few rows: forced here), all of them (prepare's
+    block_size: per-pattern coefficients only, in a table of two widths whose one-entry
+    patterns have a padding slot; low rank: a group per width) or those of one width
+    (group_blocks) beside per-row groups; with sample weights, which the padding rows must
+    not take."""
+    low_rank = form == "low rank"
+    monkeypatch.setattr(jaxem.missing, "LOW_RANK_ROWS_PER_FEATURE", 10**6 if low_rank else 0)
+    monkeypatch.setattr(jaxem.missing, "LOW_RANK_WASTE", jaxem.missing.BLOCK_WASTE)
     few = 3 if layout.startswith("blocks for one") else 240
     X, _ = _data(n_rows=3 * 240 + 3 * few + 40)
     holes = _rows_missing(X, [(1, 240), (2, few)], seed=1)
@@ -187,8 +194,11 @@ def test_rows_in_blocks_of_one_pattern_match_the_numpy_reference(layout):
     if few == 3:
         assert not wrapped.block_size and wrapped.group_blocks[0] > 0 and wrapped.group_blocks[1] == 0
         assert wrapped.groups[0][1] % wrapped.group_blocks[0] == 0
+        assert wrapped.low_rank == ((True, False) if low_rank else ())
+    elif low_rank:
+        assert not wrapped.block_size and all(wrapped.group_blocks) and wrapped.low_rank == (True, True)
     else:
-        assert wrapped.block_size and not wrapped.groups
+        assert wrapped.block_size and not wrapped.groups and not wrapped.low_rank
     weights = np.random.RandomState(2).uniform(0.5, 2.0, len(X))
     start = _start("full")
     result = _fit(model, holes, init=start, max_iter=6, sample_weight=weights)

@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxem import parallel, units
 from jaxem.models.cholesky import inverse_cholesky_transposed
-from jaxem.models.gaussian_mixture import _extended_triangle, _symmetric_index
+from jaxem.models.gaussian_mixture import _extended_triangle, _moments, _symmetric_index
 from jaxem.models.mixture import weighted_posterior
 from jaxem.sizes import MISSING_UNROLL_FEATURES
 
@@ -200,11 +200,17 @@ def embedded_within(
 ) -> jax.Array:
     """sum_p r_pk C_pk scattered onto each pattern's missing block: (K, D, D), from the
     BlockInverses covariance C (P, K, W, W) (zero on padding slots) and pattern_resp (P, K)."""
-    n_components = covariance.shape[1]
+    return embedded_blocks(pattern_resp[..., None, None] * covariance, patterns, n_features)
+
+
+def embedded_blocks(blocks: jax.Array, patterns: MissingPatterns, n_features: int) -> jax.Array:
+    """sum_p E_p^T B_pk E_p: (K, D, D), each pattern's (W, W) block B_pk (P, K, W, W) (zero
+    on padding slots) scattered onto its missing columns."""
+    n_components = blocks.shape[1]
     slots = jnp.asarray(patterns.slots)
     flat = (slots[:, :, None] * n_features + slots[:, None, :]).reshape(-1)  # (P W W,)
-    weighted = jnp.moveaxis(pattern_resp[..., None, None] * covariance, 1, 0).reshape(n_components, -1)
-    within = jnp.zeros((n_components, n_features * n_features), covariance.dtype).at[:, flat].add(weighted)
+    weighted = jnp.moveaxis(blocks, 1, 0).reshape(n_components, -1)
+    within = jnp.zeros((n_components, n_features * n_features), blocks.dtype).at[:, flat].add(weighted)
     return within.reshape(n_components, n_features, n_features)
 
 
@@ -367,6 +373,126 @@ def _pattern_moments(
     embedded = jnp.einsum("pwd,pkwe->kde", one_hot, half)  # M
     squares = jnp.sum(scatter, axis=0) - embedded - jnp.swapaxes(embedded, -1, -2)
     return sums, squares
+
+
+# --- blocks of patterns with few rows: shared GEMMs and rank-W corrections per pattern ------------
+# blocked_e_step works O(K D^2) per pattern (its coefficients and moment maps), which patterns
+# of few rows do not amortise; this E-step works O(K W D) per pattern and O(K W D) more per
+# row (jaxem.missing.choose_blocks picks between them).
+class LowRankBlocks(NamedTuple):
+    """Incomplete rows grouped into blocks of B rows that share one pattern, their missing
+    entries filled (at their column's observed mean; the E-step corrects for the fill).
+
+    features: (n_phi, n) feature-major, n = n_blocks B: the upper triangle of e e^T of
+      each row, e = [y; 1], y = x - shift, in np.triu_indices order (as a complete-data
+      GaussianMixture's); extended: (n_blocks, D + 1, B) e of each block's rows;
+      shift: (D,); pattern: (n_blocks,) int32 index into the MissingPatterns.
+    """
+
+    features: jax.Array
+    extended: jax.Array
+    shift: jax.Array
+    pattern: jax.Array
+
+
+def low_rank_blocks(values: jax.Array, pattern: jax.Array, block_size: int) -> LowRankBlocks:
+    """LowRankBlocks of rows values (n, D) (missing entries filled), n a multiple of
+    block_size, consecutive blocks of one pattern each (pattern: (n,) per row)."""
+    n_rows, n_features = values.shape
+    shift = jnp.mean(values, axis=0)
+    extended = jnp.concatenate([values - shift, jnp.ones_like(values[:, :1])], axis=1)  # (n, D + 1)
+    rows, cols = _extended_triangle(n_features)
+    features = (extended[:, rows] * extended[:, cols]).T
+    blocked = jnp.swapaxes(extended.reshape(n_rows // block_size, block_size, n_features + 1), 1, 2)
+    return LowRankBlocks(features, blocked, shift, pattern[::block_size])
+
+
+def full_coefficients(components: GaussianComponents, shift: jax.Array) -> jax.Array:
+    """(K, n_phi) coefficients of log N(x; mu_k, Sigma_k) + log w_k in the features of
+    `LowRankBlocks` (centred on shift): e^T A e with A = [[-P/2, P m/2], [m^T P/2, c]],
+    m = mu - shift; each feature holds a product e_i e_j once, so off-diagonal entries
+    count twice."""
+    centres = components.means - shift
+    n_features = centres.shape[1]
+    linear = jnp.einsum("kde,ke->kd", components.precisions, centres)
+    constant = components.log_weights - 0.5 * (
+        n_features * math.log(2 * math.pi) + components.log_dets + jnp.sum(linear * centres, axis=-1)
+    )
+    top = jnp.concatenate([-0.5 * components.precisions, 0.5 * linear[..., None]], axis=-1)
+    bottom = jnp.concatenate([0.5 * linear, constant[..., None]], axis=-1)[..., None, :]
+    matrix = jnp.concatenate([top, bottom], axis=-2)  # (K, D + 1, D + 1)
+    rows, cols = _extended_triangle(n_features)
+    return np.where(rows == cols, 1.0, 2.0).astype(matrix.dtype) * matrix[:, rows, cols]
+
+
+def _missing_gradients(components: GaussianComponents, patterns: MissingPatterns, shift: jax.Array) -> jax.Array:
+    """(P, K W, D + 1): per pattern and component the rows of [P, -P m] on the missing
+    columns, so that with e = [y; 1] the product is g = (P (y - m))_m, m = mu - shift.
+    (Padding slots repeat column 0: their g is multiplied only by C's zero rows and
+    columns there.)"""
+    slots = np.asarray(patterns.slots)
+    linear = jnp.einsum("kde,ke->kd", components.precisions, components.means - shift)
+    rows = jnp.concatenate([components.precisions[:, slots, :], -linear[:, slots][..., None]], axis=-1)  # (K, P, W, D + 1)
+    return jnp.moveaxis(rows, 0, 1).reshape(len(slots), -1, rows.shape[-1])
+
+
+def low_rank_e_step(
+    components: GaussianComponents, blocks: LowRankBlocks, weights: jax.Array, patterns: MissingPatterns
+) -> tuple[tuple[jax.Array, jax.Array, jax.Array], jax.Array]:
+    """((counts (K,), centred_sums (K, D), centred_squares (K, D, D)) about the means, the
+    weighted summed observed-data log-likelihood) of rows in LowRankBlocks, weights
+    (n_blocks, B): `blocked_e_step` for patterns of few rows.
+
+    With the missing entries filled (x_f), as in `width_e_step`:
+      log p(x_o, z=k) = log N(x_f; mu_k, Sigma_k) + (W log 2 pi - log|P_mm| + g^T s) / 2,
+      x_hat - mu = y - m - E^T s,  g = (P (y - m))_m,  s = C g,  C = P_mm^-1,
+    with y = x_f - shift, m = mu - shift and E the (W, D) one-hot missing columns. The first
+    term and the raw moments of y are the complete-data E-step's two GEMMs against the
+    features, shared by every pattern; what depends on the pattern has rank W: g (a small
+    GEMM per block against the W rows of [P, -P m]) and the moments' corrections,
+      sum r (x_hat - mu)(x_hat - mu)^T = sum r (y - m)(y - m)^T - (M + M^T)
+                                         + E^T (sum r s s^T + (sum r) C) E,
+      M = sum r (y - m) s^T E,
+    whose sum r y s^T per block is one more small GEMM, summed per pattern. So a pattern
+    costs O(K W D) per iteration, a row O(K (n_phi + W D)).
+    """
+    n_blocks, n_extended, block_size = blocks.extended.shape
+    n_features = n_extended - 1
+    slots = np.asarray(patterns.slots)
+    n_patterns, width = slots.shape
+    n_components = components.means.shape[0]
+    inverses = block_inverses(components, patterns)
+    centres = components.means - blocks.shift  # m: (K, D)
+
+    log_full = full_coefficients(components, blocks.shift) @ blocks.features  # (K, n)
+    log_full = jnp.swapaxes(log_full.reshape(n_components, n_blocks, block_size), 0, 1)
+    gradient_rows = _missing_gradients(components, patterns, blocks.shift)[blocks.pattern]  # (n_blocks, K W, D + 1)
+    gradient = jnp.einsum("bje,ben->bjn", gradient_rows, blocks.extended).reshape(n_blocks, n_components, width, block_size)
+    solved = _slot_products(inverses.covariance[blocks.pattern], gradient)  # s: (n_blocks, K, W, B)
+    n_missing = np.sum(np.asarray(patterns.valid), axis=1)[:, None].astype(centres.dtype)  # (P, 1), not float64
+    correction = 0.5 * (n_missing * math.log(2 * math.pi) - inverses.log_det)  # (P, K)
+    log_joint = log_full + correction[blocks.pattern][..., None] + 0.5 * sum(gradient[:, :, w] * solved[:, :, w] for w in range(width))
+    resp, log_lik = weighted_posterior(log_joint, weights, axis=1)  # (n_blocks, K, B)
+
+    raw = _moments(jnp.swapaxes(resp, 0, 1).reshape(n_components, -1), blocks.features)  # (K, n_phi)
+    moments = raw[:, _symmetric_index(n_features)]  # sum r e e^T: (K, D + 1, D + 1)
+    counts, first, second = moments[:, -1, -1], moments[:, :-1, -1], moments[:, :-1, :-1]
+    about = first - counts[:, None] * centres  # sum r (y - m)
+    cross = about[:, :, None] * centres[:, None, :]
+    scatter = second - cross - jnp.swapaxes(cross, -1, -2) - counts[:, None, None] * centres[:, :, None] * centres[:, None, :]
+
+    weighted = resp[:, :, None, :] * solved  # r s: (n_blocks, K, W, B)
+    # sum r e s^T per block, contracting B (minor in extended, major in the transposed r s).
+    outer = jnp.einsum("ben,bnj->bej", blocks.extended, jnp.swapaxes(weighted.reshape(n_blocks, -1, block_size), 1, 2))
+    outer = jax.ops.segment_sum(outer, blocks.pattern, num_segments=n_patterns).reshape(n_patterns, n_extended, n_components, width)
+    one_hot = _one_hot_slots(patterns, n_features, centres.dtype)  # E: (P, W, D)
+    shifts = jnp.einsum("pkw,pwd->kd", outer[:, -1], one_hot)  # sum r E^T s
+    mixed = jnp.einsum("pekw,pwd->ked", outer[:, :-1], one_hot) - centres[:, :, None] * shifts[:, None, :]  # M
+    spread = jnp.einsum("bkwn,bkvn->bkwv", weighted, solved)  # sum r s s^T per block
+    pattern_resp = jax.ops.segment_sum(jnp.sum(resp, axis=-1), blocks.pattern, num_segments=n_patterns)  # (P, K)
+    within = jax.ops.segment_sum(spread, blocks.pattern, num_segments=n_patterns) + pattern_resp[..., None, None] * inverses.covariance
+    squares = scatter - mixed - jnp.swapaxes(mixed, -1, -2) + embedded_blocks(within, patterns, n_features)
+    return (counts, about - shifts, squares), log_lik
 
 
 # --- incomplete rows of one width: per row, one GEMM and W x W work -------------------------------

@@ -208,6 +208,25 @@ def test_rows_in_blocks_of_one_pattern_match_the_numpy_reference(layout, form, m
     np.testing.assert_allclose(result.trace, trace, rtol=1e-11)
 
 
+def test_low_rank_blocks_with_padding_slots_equal_per_pattern_coefficients():
+    """A table of two widths (one-entry patterns carry a padding slot, which prepare never
+    gives low-rank blocks): low_rank_e_step sums to blocked_e_step's statistics, which the
+    test above checks against the numpy reference."""
+    X, _ = _data(n_rows=6 * 32 + 8)
+    holes = _rows_missing(X, [(1, 32), (2, 32)], seed=1)
+    wrapped, ordered, _ = jaxem.missing.prepare(jaxem.GaussianMixture(N_COMPONENTS, "full"), holes, None)
+    assert wrapped.block_size and wrapped.width == 2 and not wrapped.low_rank
+    rows = jax.tree.map(lambda leaf: leaf[wrapped.n_complete :], wrapped.as_data(ordered))
+    start = _start("full")
+    components = cg.gaussian_components(np.log(start["weights"]), start["means"], start["covariances"])
+    weights = np.random.default_rng(2).uniform(0.5, 2.0, rows.values.shape[0]).reshape(-1, wrapped.block_size)
+    table = wrapped.pattern_table()
+    want = cg.blocked_e_step(components, cg.pattern_blocks(rows.values, rows.pattern, wrapped.block_size), weights, table)
+    got = cg.low_rank_e_step(components, cg.low_rank_blocks(rows.values, rows.pattern, wrapped.block_size), weights, table)
+    for got_leaf, want_leaf in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(got_leaf, want_leaf, rtol=1e-10, atol=1e-12)
+
+
 def test_pattern_order_pads_each_pattern_to_its_own_block_size():
     group = np.array([2, 0, 1, 2, 1, 1, 0, 2, 1])  # pattern 0: complete rows, never padded
     order, is_pad = jaxem.missing.pattern_order(group, np.array([4, 3, 0]))

@@ -252,9 +252,11 @@ class MissingValues(Model):
             return self._conditional_e_step(factors, incomplete, sample_weight)
         else:  # a tuple of width groups, each in blocks of one pattern or per row
             parts = [
-                _blocks_e_step(factors.components, group, sample_weight[rows].reshape(-1, block), table)
+                (cg.low_rank_e_step if low_rank else cg.blocked_e_step)(
+                    factors.components, group, sample_weight[rows].reshape(-1, block), table
+                )
                 if block else cg.width_e_step(factors.components, group, sample_weight[rows], table)
-                for group, (rows, _, table, block, _) in zip(incomplete, self.width_groups())
+                for group, (rows, _, table, block, low_rank) in zip(incomplete, self.width_groups())
             ]
             moments, log_lik = jax.tree.map(lambda *leaves: sum(leaves[1:], leaves[0]), *parts)
         return self.base.statistics_from_moments(*moments), log_lik
@@ -271,12 +273,6 @@ class MissingValues(Model):
 
     def maximize(self, stats, params, m_state, data, sample_weight):
         return self.base.maximize(stats, params, m_state, data, sample_weight)
-
-
-def _blocks_e_step(components: cg.GaussianComponents, blocks: Any, weights: jax.Array, patterns: cg.MissingPatterns):
-    """The E-step of rows in blocks of one pattern, in the form they were made for."""
-    e_step = cg.low_rank_e_step if isinstance(blocks, cg.LowRankBlocks) else cg.blocked_e_step
-    return e_step(components, blocks, weights, patterns)
 
 
 def _width_group(incomplete: cg.PartialRows, rows: slice, first: int, width: int, block: int, low_rank: bool) -> Any:

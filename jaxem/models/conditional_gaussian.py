@@ -289,15 +289,19 @@ def pattern_terms(components: GaussianComponents, patterns: MissingPatterns, shi
     constant = components.log_weights[None, :] - 0.5 * (
         n_observed * math.log(2 * math.pi) + log_det_oo + jnp.sum(linear * centres[None], axis=-1)
     )
-    # log p(x_o, z=k) = e^T A e, A = [[-Q/2, Q m/2], [m^T Q/2, constant]]; each feature holds
-    # a product e_i e_j once, so off-diagonal coefficients count twice.
+    coefficients = jnp.swapaxes(_triangle_coefficients(quadratic, linear, constant), 1, 2)
+    return PatternTerms(coefficients, gain, blocks)
+
+
+def _triangle_coefficients(quadratic: jax.Array, linear: jax.Array, constant: jax.Array) -> jax.Array:
+    """(..., n_phi) coefficients of e^T A e, A = [[-Q/2, l/2], [l^T/2, c]], in the features'
+    triangle order (`_extended_triangle`), from Q (..., D, D), l (..., D), c (...): each
+    feature holds a product e_i e_j once, so off-diagonal coefficients count twice."""
     top = jnp.concatenate([-0.5 * quadratic, 0.5 * linear[..., None]], axis=-1)
     bottom = jnp.concatenate([0.5 * linear, constant[..., None]], axis=-1)[..., None, :]
-    matrix = jnp.concatenate([top, bottom], axis=-2)  # (P, K, D + 1, D + 1)
-    rows, cols = _extended_triangle(components.means.shape[1])
-    twice_off_diagonal = np.where(rows == cols, 1.0, 2.0).astype(matrix.dtype)
-    coefficients = jnp.swapaxes(twice_off_diagonal * matrix[..., rows, cols], 1, 2)
-    return PatternTerms(coefficients, gain, blocks)
+    matrix = jnp.concatenate([top, bottom], axis=-2)  # (..., D + 1, D + 1)
+    rows, cols = _extended_triangle(linear.shape[-1])
+    return np.where(rows == cols, 1.0, 2.0).astype(matrix.dtype) * matrix[..., rows, cols]
 
 
 def _observed_indicator(patterns: MissingPatterns, n_features: int) -> np.ndarray:
@@ -410,19 +414,14 @@ def low_rank_blocks(values: jax.Array, pattern: jax.Array, block_size: int) -> L
 def full_coefficients(components: GaussianComponents, shift: jax.Array) -> jax.Array:
     """(K, n_phi) coefficients of log N(x; mu_k, Sigma_k) + log w_k in the features of
     `LowRankBlocks` (centred on shift): e^T A e with A = [[-P/2, P m/2], [m^T P/2, c]],
-    m = mu - shift; each feature holds a product e_i e_j once, so off-diagonal entries
-    count twice."""
+    m = mu - shift (`_triangle_coefficients`)."""
     centres = components.means - shift
     n_features = centres.shape[1]
     linear = jnp.einsum("kde,ke->kd", components.precisions, centres)
     constant = components.log_weights - 0.5 * (
         n_features * math.log(2 * math.pi) + components.log_dets + jnp.sum(linear * centres, axis=-1)
     )
-    top = jnp.concatenate([-0.5 * components.precisions, 0.5 * linear[..., None]], axis=-1)
-    bottom = jnp.concatenate([0.5 * linear, constant[..., None]], axis=-1)[..., None, :]
-    matrix = jnp.concatenate([top, bottom], axis=-2)  # (K, D + 1, D + 1)
-    rows, cols = _extended_triangle(n_features)
-    return np.where(rows == cols, 1.0, 2.0).astype(matrix.dtype) * matrix[:, rows, cols]
+    return _triangle_coefficients(components.precisions, linear, constant)
 
 
 def _missing_gradients(components: GaussianComponents, patterns: MissingPatterns, shift: jax.Array) -> jax.Array:

@@ -70,7 +70,9 @@ are re-centred as without them).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import gc
 import mmap
 import os
 from functools import partial
@@ -118,39 +120,61 @@ def _read_parquet(path: Path, batch_rows: int) -> Iterator[np.ndarray]:
         yield np.column_stack([column.to_numpy(zero_copy_only=False) for column in batch.columns])
 
 
-def _aligned_copy(rows: np.ndarray) -> np.ndarray:
-    """A C-contiguous copy of rows (n, ...) in memory aligned to DEVICE_ALIGNMENT bytes, so
-    that putting it on a CPU device copies nothing more: one copy of a block, not two."""
-    buffer = np.empty(rows.nbytes + DEVICE_ALIGNMENT, np.uint8)
+def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose memory starts at a multiple of
+    DEVICE_ALIGNMENT bytes, so that jax.device_put on CPU uses it in place."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buffer = np.empty(nbytes + DEVICE_ALIGNMENT, np.uint8)
     start = -buffer.ctypes.data % DEVICE_ALIGNMENT
-    out = buffer[start : start + rows.nbytes].view(rows.dtype).reshape(rows.shape)
-    out[...] = rows
-    return out
+    return buffer[start : start + nbytes].view(dtype).reshape(shape)
+
+
+# Bytes of a memory-mapped file `_read_npy` copies before releasing their pages: a block's
+# copy and the mapped pages it was read from are resident together only this much.
+RELEASE_BYTES = 1 << 20
 
 
 def _read_npy(path: Path, batch_rows: int) -> Iterator[np.ndarray]:
-    """Copies of batch_rows-row slices of a memory-mapped .npy file (`_aligned_copy`). Each
-    slice's pages are released from this process once copied (madvise MADV_DONTNEED: they
-    stay in the OS page cache, but not in the process's resident memory), so a pass over a
-    file larger than memory keeps only the blocks in flight resident."""
+    """Read-only copies of batch_rows-row slices of a memory-mapped .npy file, aligned
+    (`_aligned_empty`) so that the device uses them in place (`validation.to_device`):
+    one copy of a block in memory, not two. The mapped pages are released from this
+    process every RELEASE_BYTES as they are copied (madvise MADV_DONTNEED: they stay in
+    the OS page cache, not in the process's resident memory), so a pass over a file
+    larger than memory keeps only the blocks in flight resident."""
     array = np.load(path, mmap_mode="r")
     if array.ndim == 0 or (array.ndim > 1 and array.flags.f_contiguous and not array.flags.c_contiguous):
         yield np.asarray(array)  # Fortran order: rows are not contiguous (or a 0-d array)
         return
     mapping = getattr(array, "_mmap", None)
-    row_bytes = array.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
+    if not (hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED")):
+        mapping = None
+    row_bytes = max(array.itemsize * int(np.prod(array.shape[1:], dtype=np.int64)), 1)
     offset = getattr(array, "offset", 0) % mmap.ALLOCATIONGRANULARITY  # the array's start in the mapping
-    page = mmap.PAGESIZE
+    rows_per_copy = max(RELEASE_BYTES // row_bytes, 1)
     for start in range(0, array.shape[0], batch_rows):
-        block = _aligned_copy(array[start : start + batch_rows])
-        if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-            first = (offset + start * row_bytes) // page * page
-            last = offset + (start + block.shape[0]) * row_bytes
-            try:
-                mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
-            except (OSError, ValueError):
-                mapping = None
+        stop = min(start + batch_rows, array.shape[0])
+        block = _aligned_empty((stop - start,) + array.shape[1:], array.dtype)
+        for first in range(start, stop, rows_per_copy):
+            last = min(first + rows_per_copy, stop)
+            block[first - start : last - start] = array[first:last]
+            mapping = _release_pages(mapping, offset + first * row_bytes, offset + last * row_bytes)
+        block.flags.writeable = False
         yield block
+        del block  # not alive while the next block is read
+
+
+def _release_pages(mapping: Any, first_byte: int, last_byte: int) -> Any:
+    """madvise(MADV_DONTNEED) the mapping's pages over [first_byte, last_byte); the
+    mapping, or None once the OS refused (nothing more is released then)."""
+    if mapping is None:
+        return None
+    first = first_byte // mmap.PAGESIZE * mmap.PAGESIZE
+    try:
+        mapping.madvise(mmap.MADV_DONTNEED, first, last_byte - first)
+    except (OSError, ValueError):
+        return None
+    return mapping
 
 
 def _path_pieces(path: Path, batch_rows: int) -> Iterator[np.ndarray]:
@@ -235,6 +259,7 @@ class Source:
                 if buffered == self.block_size:
                     yield _joined(buffer)
                     buffer, buffered = [], 0
+            del piece, X, w  # a yielded block is not alive while the next piece is read
         if buffered:
             yield _joined(buffer)
         if offset == 0:
@@ -252,6 +277,7 @@ class Source:
         for piece in self._pieces():
             X, w = piece if isinstance(piece, tuple) else (piece, None)
             total += np.shape(X)[0] if w is None else float(np.sum(np.asarray(w, np.float64)))
+            del piece, X, w  # not alive while the next piece is read
         return total
 
 
@@ -274,15 +300,25 @@ def _device_block(model: Any, X: np.ndarray, w: np.ndarray | None, block_size: i
         w = np.asarray(w)
         if not np.all(np.isfinite(w)) or np.any(w < 0):
             raise ValueError("sample weights must be finite and non-negative.")
-    weights = np.ones(n) if w is None else w
     if getattr(model, "arranged", False):
-        data, weights = model.arranged_rows(X, weights, mask)
+        data, weights = model.arranged_rows(X, np.ones(n) if w is None else w, mask)
         return data, jnp.asarray(weights, units.float_dtype(data))
     if n < block_size:
-        X = np.concatenate([X, np.repeat(X[-1:], block_size - n, axis=0)], axis=0)
-        weights = np.concatenate([weights, np.zeros(block_size - n, weights.dtype)])
+        X = _padded(X, block_size, X[-1])
     data = _block_data(model, X)
-    return data, jnp.asarray(weights, units.float_dtype(data))
+    weights = _padded(np.ones(n, np.float32) if w is None else w, block_size, 0.0, units.float_dtype(data))
+    return data, validation.to_device(weights)
+
+
+def _padded(values: np.ndarray, rows: int, fill: Any, dtype: Any = None) -> np.ndarray:
+    """values (n, ...) followed by rows - n copies of fill, in one read-only aligned array
+    (`_aligned_empty`) that the device uses in place: a ragged last block costs one padded
+    copy, not a concatenation and then a device copy of it."""
+    out = _aligned_empty((rows,) + values.shape[1:], values.dtype if dtype is None else dtype)
+    out[: len(values)] = values
+    out[len(values) :] = fill
+    out.flags.writeable = False
+    return out
 
 
 def _block_data(model: Any, X: np.ndarray) -> Any:
@@ -323,10 +359,11 @@ class _Stream:
     statistics keep their shape).
     """
 
-    def __init__(self, model, source: Source, chunk_size, missing=None):
+    def __init__(self, model, source: Source, chunk_size, missing=None, prefetch="auto"):
         self.model = model
         self.source = source
         self.chunk_size = chunk_size
+        self.prefetch = check_prefetch(prefetch)
         self.missing = missing_lib.check_missing(missing) == "em"
         self.first = self.first_rows = None
         self.zeros = None
@@ -368,6 +405,7 @@ class _Stream:
     def release_first(self):
         """Free the first block (the first pass reads it again)."""
         self.first = self.first_rows = None
+        gc.collect(0)  # as in `blocks`
 
     def blocks(self):
         """The source's blocks on the device, in order. With missing values, as jaxem.fit
@@ -382,7 +420,14 @@ class _Stream:
                 seen = ~mask.missing.all(axis=0)
                 observed, first_row = seen if observed is None else observed | seen, first_row + X.shape[0]
                 self._make_room(mask)
-            yield _device_block(self.model, X, w, self.source.block_size, mask)
+            block = _device_block(self.model, X, w, self.source.block_size, mask)
+            del X, w, mask  # the block's host rows are not alive while the next block is read
+            yield block
+            del block
+            # jaxlib lets go of a host array the device used in place (validation.to_device,
+            # _read_npy's blocks) only when Python's garbage collector next runs (jax's gc
+            # callback): a young-generation pass frees finished blocks before the next is read.
+            gc.collect(0)
         if self.missing:
             validation.check_observed_columns(observed)
 
@@ -399,20 +444,36 @@ class _Stream:
     def e_pass(self, params):
         """(summed statistics, summed log-likelihood, total weight) at params: one pass.
 
-        The host reads, prepares and puts the next block on the device while earlier
-        E-steps run (dispatch is asynchronous), and before dispatching a block's E-step it
-        waits for the E-step two blocks back: at most three blocks are alive at once (two
-        with E-steps queued, one being read), the streamed fit's memory beyond the model.
+        The host reads, prepares and puts the next block on the device while the E-steps
+        of up to `prefetch` earlier blocks still run (dispatch is asynchronous): at most
+        prefetch + 1 blocks are alive at once, the streamed fit's memory beyond the model.
         """
-        total = previous = None
+        total, queued = None, collections.deque()
         for data, weights in self.blocks():
             if total is None:
                 total = self.zero_totals(params, data, weights)
-            if previous is not None:
-                jax.block_until_ready(previous)
-            previous = total
             total = _accumulate(total, self.model, params, data, weights, self.chunk_size)
+            del data, weights  # only the queued E-steps hold blocks while the next is read
+            queued.append(total)
+            self.wait_for_room(queued)
         return total
+
+    def wait_for_room(self, queued: collections.deque) -> None:
+        """Wait for the oldest of the queued results until at most `prefetch` remain."""
+        while len(queued) > self.prefetch:
+            jax.block_until_ready(queued.popleft())
+
+
+def check_prefetch(prefetch: int | str) -> int:
+    """Blocks whose E-steps may still run while the next block is read: "auto" is 0 on a
+    CPU backend (device memory is host memory, and the E-step already uses every core:
+    reading ahead bought no time on bench_stream.py and held two more blocks) and 2 on an
+    accelerator (the host reads while the device computes); or a non-negative int."""
+    if isinstance(prefetch, str):
+        if prefetch != "auto":
+            raise ValueError(f'prefetch must be "auto" or a non-negative int, got {prefetch!r}.')
+        return 0 if jax.default_backend() == "cpu" else 2
+    return validation.check_positive_int(prefetch, "prefetch", minimum=0)
 
 
 # --- the model's M-step on summed statistics ----------------------------------------------------
@@ -511,6 +572,7 @@ def fit_stream(
     chunk_size: int | str | None = "auto",
     progress: bool | Callable | None = None,
     missing: str | None = None,
+    prefetch: int | str = "auto",
 ) -> FitResult:
     """Exact EM on data streamed in blocks: one pass over the blocks per iteration.
 
@@ -535,6 +597,9 @@ def fit_stream(
         equals jaxem.fit's with missing="em" to rounding. GaussianMixture, FactorAnalysis,
         PPCA, MixtureOfFactorAnalyzers; a row with every entry missing, or a column with
         none observed in the whole stream, is an error.
+      prefetch: blocks whose E-steps may still run while the next block is read, so at
+        most prefetch + 1 blocks are in memory at once. "auto": 0 on a CPU backend (one
+        block at a time: reading ahead bought no time there), 2 on an accelerator.
     Returns:
       jaxem.FitResult as jaxem.fit's with n_restarts=1 (trace: the objective at the params
       entering each iteration; n_evals: passes over the data, the final evaluation included).
@@ -544,14 +609,13 @@ def fit_stream(
     _check_streamable(model, "fit_stream")
     config = FitConfig(max_iter=max_iter, criterion=criterion, init=None, diff=None, progress=_as_progress(progress))
     tol = validation.check_non_negative(tol, "tol")
-    stream = _Stream(model, Source(blocks, block_size, sample_weight), chunk_size, missing)
+    stream = _Stream(model, Source(blocks, block_size, sample_weight), chunk_size, missing, prefetch)
     params = _start(stream, init, key)
     model = stream.model
     m_state = model.init_m_state(params)
     dtype = units.float_dtype(stream.first_block()[0])
-    first = stream.first_block()
-    _check_maximize_without_data(model, params, m_state, stream.zero_totals(params, *first)[0], "fit_stream")
-    stream.release_first()
+    _check_maximize_without_data(model, params, m_state, stream.zero_totals(params, *stream.first_block())[0], "fit_stream")
+    stream.release_first()  # nothing else holds the first block: the first pass reads it again
 
     state = core.start_state(params, m_state, dtype, config.max_iter)
     tol = jnp.asarray(tol, dtype)
@@ -655,6 +719,7 @@ def fit_online(
     evaluate: bool = True,
     progress: bool | Callable | None = None,
     missing: str | None = None,
+    prefetch: int | str = "auto",
 ) -> FitResult:
     """Stepwise (online) EM: an M-step after every block, on running averaged statistics.
 
@@ -667,7 +732,8 @@ def fit_online(
     this converges to a stationary point of the likelihood (Cappé & Moulines 2009).
 
     Args:
-      model, blocks, init, key, sample_weight, block_size, chunk_size: as `fit_stream`.
+      model, blocks, init, key, sample_weight, block_size, chunk_size, prefetch: as
+        `fit_stream`.
         Blocks come in the source's order each pass; for data sorted by anything related
         to the latent structure, shuffle the rows (or the blocks) first.
       step_size: t -> eta_t for t >= 1.
@@ -696,13 +762,12 @@ def fit_online(
         tol = float(validation.check_non_negative(tol, "tol"))
     progress = _as_progress(progress)
     source = Source(blocks, block_size, sample_weight)
-    stream = _Stream(model, source, chunk_size, missing)
+    stream = _Stream(model, source, chunk_size, missing, prefetch)
     params = _start(stream, init, key)
     model = stream.model
     m_state = model.init_m_state(params)
-    first = stream.first_block()
-    dtype = units.float_dtype(first[0])
-    zeros = stream.zero_totals(params, *first)
+    dtype = units.float_dtype(stream.first_block()[0])
+    zeros = stream.zero_totals(params, *stream.first_block())
     _check_maximize_without_data(model, params, m_state, zeros[0], "fit_online")
     reframe_statistics(model, zeros[0], params, params)  # refuse unsupported families early
     stream.release_first()
@@ -715,14 +780,17 @@ def fit_online(
     status, t, n_done, previous = Status.MAX_ITER, 0, 0, -np.inf
     for n_pass in range(n_passes):
         log_lik, weight, finite = jnp.zeros((), dtype), jnp.zeros((), dtype), jnp.asarray(True)
+        queued = collections.deque()
         for data, weights in stream.blocks():
-            jax.block_until_ready(params)  # one block in flight (as _Stream.e_pass)
             eta = jnp.asarray(1.0 if t == 0 else step_size(t), dtype)
             (running, params, m_state, ok), (block_ll, block_w) = _online_step(
                 stream.model, running, params, m_state, data, weights, eta, total_weight, stream.chunk_size
             )
             log_lik, weight, finite = log_lik + block_ll, weight + block_w, finite & ok
             t += 1
+            del data, weights  # as _Stream.e_pass
+            queued.append(params)
+            stream.wait_for_room(queued)
         value = float((log_lik + model.log_prior(params) * weight / total_weight) / weight)
         trace[n_pass], n_done = value, n_pass + 1
         if progress is not None:

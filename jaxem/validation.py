@@ -41,7 +41,18 @@ def as_data(X: Any, name: str = "X", allow_nan: bool = False) -> jax.Array:
         _check_numeric_dtype(X.dtype, name)
         _check_ndim(X.shape, name)
         return X.astype(_float_dtype_for(X.dtype))
-    return jnp.asarray(host_data(X, name, allow_nan))
+    return to_device(host_data(X, name, allow_nan))
+
+
+def to_device(array: np.ndarray) -> jax.Array:
+    """A host array on the default device. A read-only one (np.load(..., mmap_mode="r"),
+    jaxem.stream's blocks) goes through jax.device_put, which on CPU uses its memory in
+    place when it is 64-byte aligned: no second copy of the data (issue #16). A writable
+    one is copied (jnp.asarray), so that writes to it after the call cannot reach a fit
+    still running on it."""
+    if isinstance(array, np.ndarray) and not array.flags.writeable:
+        return jax.device_put(array)
+    return jnp.asarray(array)
 
 
 def host_data(X: Any, name: str = "X", allow_nan: bool = False) -> np.ndarray:

@@ -3,13 +3,17 @@ reaches the batch optimum. Float64 (tests/conftest.py)."""
 
 from __future__ import annotations
 
+import gc
+import time
+import weakref
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jaxem
-from jaxem import stream
+from jaxem import stream, validation
 
 KEY = jax.random.key(0)
 EXACT = 1e-10
@@ -111,6 +115,80 @@ def test_block_sources_agree(tmp_path, gmm_reference):
     for name, source in sources.items():
         assert_same_fit(stream.fit_stream(model, source, **options), base, tol=0), name
     assert_same_fit(base, ref)
+
+
+def aligned_read_only(rows):
+    block = stream._aligned_empty(rows.shape, rows.dtype)
+    block[...] = rows
+    block.flags.writeable = False
+    return block
+
+
+def owner(array):
+    """The NumPy object whose memory array views."""
+    while array.base is not None:
+        array = array.base
+    return array
+
+
+def test_npy_blocks_are_aligned_read_only_copies_the_device_uses_in_place(tmp_path, monkeypatch):
+    np.save(tmp_path / "x.npy", X)
+    monkeypatch.setattr(stream, "RELEASE_BYTES", 100)  # six rows copied at a time, their pages released
+    blocks = list(stream._read_npy(tmp_path / "x.npy", 256))
+    assert [len(b) for b in blocks] == [256, 256, 256, 235]
+    np.testing.assert_array_equal(np.concatenate(blocks), X)
+    for block in blocks:
+        assert not block.flags.writeable and block.ctypes.data % stream.DEVICE_ALIGNMENT == 0
+        if jax.default_backend() == "cpu":  # used in place: no second copy of the block
+            assert validation.to_device(block).unsafe_buffer_pointer() == block.ctypes.data
+    writable = X.copy()
+    on_device = validation.to_device(writable)  # copied: later writes do not reach it
+    writable[0, 0] = 99.0
+    assert float(on_device[0, 0]) == X[0, 0]
+
+
+def alive_after_release(alive, most, patience=1.0):
+    """How many of the weakly referenced blocks are alive, once jaxlib has had up to
+    `patience` seconds to let go of finished ones: it releases a host array the device used
+    in place from its own thread after the result is ready, and drops the Python reference
+    at the next garbage collection. A reference Python code keeps never goes."""
+    deadline = time.monotonic() + patience
+    while True:
+        gc.collect(0)
+        count = sum(r() is not None for r in alive)
+        if count <= most or time.monotonic() > deadline:
+            return count
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_at_most_prefetch_blocks_alive_while_the_next_is_read(gmm_reference, prefetch):
+    # Blocks the device uses in place (read-only, aligned: as _read_npy's) stay alive as long
+    # as anything holds them on the device; when the source is asked for the next block,
+    # at most `prefetch` earlier ones may be.
+    if jax.default_backend() != "cpu":
+        pytest.skip("in-place device blocks are a CPU property")
+    model, init, ref = gmm_reference
+    alive, counts = [], []
+
+    def tracked(rows):
+        block = aligned_read_only(rows)
+        alive.append(weakref.ref(owner(block)))
+        return block
+
+    def blocks():
+        for start in range(0, len(X), 100):
+            counts.append(alive_after_release(alive, prefetch))
+            yield tracked(X[start : start + 100])
+
+    res = stream.fit_stream(model, blocks, init=init, max_iter=200, tol=1e-10, block_size=100, prefetch=prefetch)
+    assert_same_fit(res, ref)
+    stream.fit_online(model, blocks, init=init, n_passes=2, block_size=100, prefetch=prefetch)
+    assert len(counts) > 100 and max(counts) <= prefetch
+    with pytest.raises(ValueError, match="prefetch"):
+        stream.fit_stream(model, blocks, init=init, prefetch=-1)
+    with pytest.raises(ValueError, match="prefetch"):
+        stream.fit_stream(model, blocks, init=init, prefetch="all")
 
 
 def test_kmeans_start_on_the_first_block():

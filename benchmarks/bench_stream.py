@@ -4,20 +4,22 @@ Data: N rows (default 10M), D=8 features, float32, drawn from a K=32 Gaussian mi
 written block by block to a .npy file in a temporary directory (N x D x 4 bytes; 320 MB
 at the defaults); the model is a full-covariance GaussianMixture(32).
 
-1. Memory. Each mode runs in its own subprocess: "stream" (fit_stream on the .npy path,
-   blocks of --block-size rows), "stream_one_arena" (the same with MALLOC_ARENA_MAX=1:
-   glibc's malloc then keeps one arena, not one per thread of XLA's pool, each of which
-   holds on to what it once allocated), "memory" (np.load of the whole file, then jaxem.fit) and
-   "mmap" (np.load(mmap_mode="r"), then jaxem.fit: the file's data starts 64-byte aligned,
-   so jax.device_put on CPU uses the mapped pages in place, where np.load's 16-byte-aligned
-   array is copied; the mapped pages the fit reads count in the resident memory).
-   Each reports its peak resident memory (VmHWM, the kernel's high-water mark, which
-   resource.getrusage's ru_maxrss also reads) over the whole run, compile included, and over
-   each of MEMORY_FITS identical fits after resetting the mark (/proc/self/clear_refs), with
-   the resident memory before each fit split into anonymous and file-backed pages (RssAnon,
-   RssFile: a memory-mapped file's pages count in the latter). The first fit compiles; each
-   later one holds up to three blocks at once (jaxem.stream's `_Stream.e_pass`), and how
-   much of that is already resident at its start depends on what malloc kept from the fit
+1. Memory. Each mode (MEMORY_MODES) runs in its own subprocess: "stream" (fit_stream on
+   the .npy path, blocks of --block-size rows, one block at a time: prefetch "auto" on CPU),
+   "stream_one_arena" (the same with MALLOC_ARENA_MAX=1: glibc's malloc then keeps one
+   arena, not one per thread of XLA's pool, each of which holds on to what it once
+   allocated), "stream_large_block" (blocks of --large-block-size rows) and
+   "stream_large_block_prefetch2" (the same with prefetch=2, the accelerators' default:
+   two E-steps run while the next block is read), "memory" (np.load of the whole file,
+   then jaxem.fit: a writable array, which the fit copies) and "mmap" (np.load(mmap_mode="r"),
+   then jaxem.fit: read-only and 64-byte aligned, so the CPU device uses the mapped pages
+   in place, validation.to_device; the mapped pages the fit reads count in the resident
+   memory). Each reports its peak resident memory (VmHWM, the kernel's high-water mark,
+   which resource.getrusage's ru_maxrss also reads) over the whole run, compile included,
+   and over each of MEMORY_FITS identical fits after resetting the mark
+   (/proc/self/clear_refs), with the resident memory before each fit split into anonymous
+   and file-backed pages (RssAnon, RssFile). The first fit compiles; how much of a later
+   fit's memory is already resident at its start depends on what malloc kept from the fit
    before, so the later fits show the spread. All relative to the process's memory just
    before the data is touched (Python, JAX and jaxem imported). Compared with one block
    (block_size x D x 4 bytes) plus the model, and with the data size.
@@ -28,7 +30,7 @@ at the defaults); the model is a full-covariance GaussianMixture(32).
    time exact EM needs to reach what one pass of online EM reaches.
 
 Run: python benchmarks/bench_stream.py [--rows 10000000] [--block-size 262144]
-       [--batch-passes 40] [--online-passes 6] [--out benchmarks/results/stream.json]
+       [--large-block-size 1048576] [--batch-passes 40] [--online-passes 6] [--out benchmarks/results/stream.json]
 """
 
 from __future__ import annotations
@@ -79,6 +81,19 @@ def status_kib(field: str) -> int:
     raise KeyError(field)
 
 
+# (mode, block size) of the memory runs: "stream" reads one block at a time (prefetch
+# "auto" on CPU), "..._prefetch2" lets two E-steps run while the next block is read (the
+# default on accelerators); "large" blocks are --large-block-size rows, the others --block-size.
+MEMORY_MODES = (
+    ("stream", "default"),
+    ("stream_one_arena", "default"),
+    ("stream_large_block", "large"),
+    ("stream_large_block_prefetch2", "large"),
+    ("memory", "default"),
+    ("mmap", "default"),
+)
+
+
 def reset_peak() -> bool:
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -109,7 +124,8 @@ def worker(mode: str, path: str, start_path: str, block_size: int, max_iter: int
         reset_peak()  # the high-water mark restarts from the current RSS
         t0 = time.perf_counter()
         if mode.startswith("stream"):
-            res = stream.fit_stream(model, path, init=start, max_iter=max_iter, tol=0.0, block_size=block_size)
+            prefetch = 2 if mode.endswith("prefetch2") else "auto"
+            res = stream.fit_stream(model, path, init=start, max_iter=max_iter, tol=0.0, block_size=block_size, prefetch=prefetch)
         else:
             res = jaxem.fit(model, X, key=jax.random.key(0), init=start, max_iter=max_iter, tol=0.0)
         value = float(res.log_likelihood)
@@ -182,6 +198,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--block-size", type=int, default=262_144)
+    parser.add_argument("--large-block-size", type=int, default=1_048_576, help="blocks of the large-block stream modes")
     parser.add_argument("--memory-iters", type=int, default=3, help="EM iterations of each memory run")
     parser.add_argument("--batch-passes", type=int, default=40)
     parser.add_argument("--online-passes", type=int, default=6)
@@ -215,8 +232,10 @@ def main(argv=None) -> None:
         block_mib = args.block_size * N_FEATURES * 4 / 2**20
         model_kib = sum(v.nbytes for v in start.values()) / 1024
         memory = {}
-        for mode in ("stream", "stream_one_arena", "memory", "mmap"):
-            memory[mode] = measure_memory(mode, path, start_path, args.block_size, args.memory_iters)
+        for mode, block_size in MEMORY_MODES:
+            block_size = args.large_block_size if block_size == "large" else args.block_size
+            memory[mode] = measure_memory(mode, path, start_path, block_size, args.memory_iters)
+            memory[mode]["block_mib"] = block_size * N_FEATURES * 4 / 2**20
             print(mode, json.dumps(memory[mode]), flush=True)
         timing = time_to_target(model, str(path), start, args.block_size, args.batch_passes, args.online_passes)
 
@@ -232,6 +251,8 @@ def main(argv=None) -> None:
             mode: {
                 "peak_above_imports": memory[mode]["peak_above_baseline_mib"],
                 "fit_peaks_above_their_start": [r["peak_above_before_mib"] for r in memory[mode]["runs"]],
+                "later_fits_median_in_blocks": float(np.median([r["peak_above_before_mib"] for r in memory[mode]["runs"][1:]]))
+                / memory[mode]["block_mib"],
                 "last_fit_peak_above_its_start": memory[mode]["runs"][-1]["peak_above_before_mib"],
                 "held_before_each_fit": [(r["rss_before_kib"] - memory[mode]["baseline_rss_kib"]) / 1024 for r in memory[mode]["runs"]],
                 "held_anon_before_last_fit": (memory[mode]["runs"][-1]["anon_kib"] - memory[mode]["runs"][0]["anon_kib"]) / 1024,

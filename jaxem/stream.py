@@ -467,9 +467,9 @@ class _Stream:
 def check_prefetch(prefetch: int | str) -> int:
     """Blocks whose E-steps may still run while the next block is read: "auto" is 0 on a
     CPU backend (device memory is host memory, and the E-step already uses every core:
-    on bench_stream.py reading ahead with 2 made a fit 8% faster and held 4.1 blocks
-    rather than 1.5) and 2 on an accelerator (the host reads while the device computes);
-    or a non-negative int."""
+    on bench_stream.py reading ahead with 2 held 4.1 blocks rather than 1.5-2.1 and its
+    time per fit was within the machine's noise) and 2 on an accelerator (the host reads
+    while the device computes); or a non-negative int."""
     if isinstance(prefetch, str):
         if prefetch != "auto":
             raise ValueError(f'prefetch must be "auto" or a non-negative int, got {prefetch!r}.')
@@ -600,8 +600,7 @@ def fit_stream(
         none observed in the whole stream, is an error.
       prefetch: blocks whose E-steps may still run while the next block is read, so at
         most prefetch + 1 blocks are in memory at once. "auto": 0 on a CPU backend (one
-        block at a time; 2 was 8% faster on benchmarks/bench_stream.py and held 2.7x the
-        memory), 2 on an accelerator.
+        block at a time; `check_prefetch`), 2 on an accelerator.
     Returns:
       jaxem.FitResult as jaxem.fit's with n_restarts=1 (trace: the objective at the params
       entering each iteration; n_evals: passes over the data, the final evaluation included).

@@ -411,26 +411,23 @@ def low_rank_blocks(values: jax.Array, pattern: jax.Array, block_size: int) -> L
     return LowRankBlocks(features, blocked, shift, pattern[::block_size])
 
 
-def full_coefficients(components: GaussianComponents, shift: jax.Array) -> jax.Array:
+def full_coefficients(components: GaussianComponents, centres: jax.Array, linear: jax.Array) -> jax.Array:
     """(K, n_phi) coefficients of log N(x; mu_k, Sigma_k) + log w_k in the features of
     `LowRankBlocks` (centred on shift): e^T A e with A = [[-P/2, P m/2], [m^T P/2, c]],
-    m = mu - shift (`_triangle_coefficients`)."""
-    centres = components.means - shift
+    given centres m = mu - shift (K, D) and linear = P m (K, D) (`_triangle_coefficients`)."""
     n_features = centres.shape[1]
-    linear = jnp.einsum("kde,ke->kd", components.precisions, centres)
     constant = components.log_weights - 0.5 * (
         n_features * math.log(2 * math.pi) + components.log_dets + jnp.sum(linear * centres, axis=-1)
     )
     return _triangle_coefficients(components.precisions, linear, constant)
 
 
-def _missing_gradients(components: GaussianComponents, patterns: MissingPatterns, shift: jax.Array) -> jax.Array:
+def _missing_gradients(components: GaussianComponents, patterns: MissingPatterns, linear: jax.Array) -> jax.Array:
     """(P, K W, D + 1): per pattern and component the rows of [P, -P m] on the missing
-    columns, so that with e = [y; 1] the product is g = (P (y - m))_m, m = mu - shift.
-    (Padding slots repeat column 0: their g is multiplied only by C's zero rows and
-    columns there.)"""
+    columns, given linear = P m (K, D), so that with e = [y; 1] the product is
+    g = (P (y - m))_m, m = mu - shift. (Padding slots repeat column 0: their g is
+    multiplied only by C's zero rows and columns there.)"""
     slots = np.asarray(patterns.slots)
-    linear = jnp.einsum("kde,ke->kd", components.precisions, components.means - shift)
     rows = jnp.concatenate([components.precisions[:, slots, :], -linear[:, slots][..., None]], axis=-1)  # (K, P, W, D + 1)
     return jnp.moveaxis(rows, 0, 1).reshape(len(slots), -1, rows.shape[-1])
 
@@ -462,10 +459,11 @@ def low_rank_e_step(
     n_components = components.means.shape[0]
     inverses = block_inverses(components, patterns)
     centres = components.means - blocks.shift  # m: (K, D)
+    linear = jnp.einsum("kde,ke->kd", components.precisions, centres)  # P m
 
-    log_full = full_coefficients(components, blocks.shift) @ blocks.features  # (K, n)
+    log_full = full_coefficients(components, centres, linear) @ blocks.features  # (K, n)
     log_full = jnp.swapaxes(log_full.reshape(n_components, n_blocks, block_size), 0, 1)
-    gradient_rows = _missing_gradients(components, patterns, blocks.shift)[blocks.pattern]  # (n_blocks, K W, D + 1)
+    gradient_rows = _missing_gradients(components, patterns, linear)[blocks.pattern]  # (n_blocks, K W, D + 1)
     gradient = jnp.einsum("bje,ben->bjn", gradient_rows, blocks.extended).reshape(n_blocks, n_components, width, block_size)
     solved = _slot_products(inverses.covariance[blocks.pattern], gradient)  # s: (n_blocks, K, W, B)
     n_missing = np.sum(np.asarray(patterns.valid), axis=1)[:, None].astype(centres.dtype)  # (P, 1), not float64

@@ -141,6 +141,9 @@ def test_npy_blocks_are_aligned_read_only_copies_the_device_uses_in_place(tmp_pa
         assert not block.flags.writeable and block.ctypes.data % stream.DEVICE_ALIGNMENT == 0
         if jax.default_backend() == "cpu":  # used in place: no second copy of the block
             assert validation.to_device(block).unsafe_buffer_pointer() == block.ctypes.data
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")  # jaxem.fit's data checks and transfer
+    if jax.default_backend() == "cpu":
+        assert validation.as_data(mapped).unsafe_buffer_pointer() == mapped.ctypes.data
     writable = X.copy()
     on_device = validation.to_device(writable)  # copied: later writes do not reach it
     writable[0, 0] = 99.0

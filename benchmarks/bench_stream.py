@@ -97,6 +97,11 @@ MEMORY_MODES = (
 )
 
 
+def block_mebibytes(block_size: int) -> float:
+    """MiB of a block of block_size float32 rows."""
+    return block_size * N_FEATURES * 4 / 2**20
+
+
 def reset_peak() -> bool:
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -241,13 +246,13 @@ def main(argv=None) -> None:
         np.savez(start_path, **start)
 
         data_mib = path.stat().st_size / 2**20
-        block_mib = args.block_size * N_FEATURES * 4 / 2**20
+        block_mib = block_mebibytes(args.block_size)
         model_kib = sum(v.nbytes for v in start.values()) / 1024
         memory = {}
-        for mode, block_size in MEMORY_MODES:
-            block_size = args.large_block_size if block_size == "large" else args.block_size
+        for mode, size in MEMORY_MODES:
+            block_size = args.large_block_size if size == "large" else args.block_size
             memory[mode] = measure_memory(mode, path, start_path, block_size, args.memory_iters)
-            memory[mode]["block_mib"] = block_size * N_FEATURES * 4 / 2**20
+            memory[mode]["block_mib"] = block_mebibytes(block_size)
             print(mode, json.dumps(memory[mode]), flush=True)
         timing = time_to_target(model, str(path), start, args.block_size, args.batch_passes, args.online_passes)
 

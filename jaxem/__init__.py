@@ -34,6 +34,7 @@ from jaxem.models import (
     StudentTMixtureParams,
 )
 from jaxem.mstep import freeze
+from jaxem.pytrees import register_model
 from jaxem.selection import Selection, select
 from jaxem.io import load, save
 from jaxem.stream import fit_online, fit_stream
@@ -78,6 +79,7 @@ __all__ = [
     "freeze",
     "method_name",
     "monotonicity_chain",
+    "register_model",
     "run_em",
     "select",
     "save",

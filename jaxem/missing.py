@@ -63,6 +63,7 @@ from jaxem import validation
 from jaxem.models import conditional_gaussian as cg
 from jaxem.models.mixture import weighted_posterior
 from jaxem.protocol import Model
+from jaxem.pytrees import register_model
 
 MISSING_METHODS = (None, "em")
 
@@ -94,7 +95,7 @@ def check_missing(missing: Any) -> Any:
     return validation.check_choice(missing, "missing", MISSING_METHODS)
 
 
-@jax.tree_util.register_dataclass
+@register_model
 @dataclasses.dataclass(frozen=True)
 class MissingValues(Model):
     """`base` fitted with missing entries as latent variables (module docstring).
@@ -483,7 +484,7 @@ def pattern_keys(missing: np.ndarray) -> np.ndarray:
     return missing
 
 
-@jax.tree_util.register_dataclass
+@register_model
 @dataclasses.dataclass(frozen=True)
 class StreamedMissingValues(MissingValues):
     """`MissingValues` for data seen one block of rows at a time (jaxem.stream, `streamed`):

@@ -26,6 +26,7 @@ import optax
 from jaxem import constraints as constraints_lib
 from jaxem.core import tree_where
 from jaxem.models.mixture import weighted_posterior
+from jaxem.pytrees import register_model
 
 
 # --- the Q function ------------------------------------------------------------------------
@@ -211,7 +212,7 @@ class FrozenModel:
         return keep_if_not_worse(objective, candidate, params), m_state
 
 
-jax.tree_util.register_dataclass(FrozenModel)
+register_model(FrozenModel)
 
 
 def freeze(model: Any, frozen: Any) -> FrozenModel:

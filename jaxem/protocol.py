@@ -13,7 +13,9 @@ the statistics `e_step` returns must add up over units when `additive_statistics
 
 Params are any pytree of float arrays. `tol` and the data are traced; the model object is
 a pytree whose static fields are configuration and whose leaves (such as `reg_covar`) are
-differentiable hyperparameters.
+differentiable hyperparameters: a frozen dataclass registered with `jaxem.register_model`
+(not jax.tree_util.register_dataclass, whose structures jax 0.10 confuses across classes;
+jaxem.pytrees).
 """
 
 from __future__ import annotations

@@ -30,11 +30,12 @@ from jaxem.api import fit
 from jaxem.core import FitResult
 from jaxem.models.mixture import MixtureModel
 from jaxem.protocol import Model
+from jaxem.pytrees import register_model
 
 CRITERIA = ("bic", "aic")
 
 
-@jax.tree_util.register_dataclass
+@register_model
 @dataclasses.dataclass(frozen=True)
 class MaskedMixture(Model):
     """`model` (a MixtureModel of K_max components) with only its first n_active taking part.

@@ -240,7 +240,7 @@ class IsotropicParams(NamedTuple):
     log_variances: jax.Array
 
 
-@jax.tree_util.register_dataclass
+@jaxem.register_model
 @dataclasses.dataclass(frozen=True)
 class GradientStepMixture(MixtureModel):
     """Equal-weight isotropic Gaussian mixture whose M-step is n_steps of gradient ascent on Q.

@@ -20,6 +20,7 @@ from jax.scipy.special import xlog1py, xlogy
 from jaxem import validation
 from jaxem.models import checks
 from jaxem.models.mixture import MixtureModel
+from jaxem.pytrees import register_model
 
 
 class BernoulliMixtureParams(NamedTuple):
@@ -36,7 +37,7 @@ class BernoulliMixtureStats(NamedTuple):
     sums: jax.Array
 
 
-@jax.tree_util.register_dataclass
+@register_model
 @dataclasses.dataclass(frozen=True)
 class BernoulliMixture(MixtureModel):
     """Mixture of products of independent Bernoulli distributions.

@@ -19,6 +19,7 @@ from jax.scipy.special import xlogy
 from jaxem import validation
 from jaxem.models import checks
 from jaxem.models.mixture import MixtureModel
+from jaxem.pytrees import register_model
 
 
 class CategoricalMixtureParams(NamedTuple):
@@ -36,7 +37,7 @@ class CategoricalMixtureStats(NamedTuple):
     category_counts: jax.Array
 
 
-@jax.tree_util.register_dataclass
+@register_model
 @dataclasses.dataclass(frozen=True)
 class CategoricalMixture(MixtureModel):
     """Mixture of products of independent categorical distributions.

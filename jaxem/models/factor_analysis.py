@@ -79,6 +79,7 @@ from jax.scipy.linalg import cho_solve, solve_triangular
 from jaxem import validation
 from jaxem.models import checks
 from jaxem.protocol import Model
+from jaxem.pytrees import register_model
 
 
 class FactorAnalysisParams(NamedTuple):
@@ -451,7 +452,7 @@ class FactorModel(Model):
         return params.mean + latents @ params.loadings.T + noise * scale, latents
 
 
-@jax.tree_util.register_dataclass
+@register_model
 @dataclasses.dataclass(frozen=True)
 class FactorAnalysis(FactorModel):
     """Factor analysis, x = mean + W z + e with z ~ N(0, I_q), e ~ N(0, diag(noise_variances)),
@@ -487,7 +488,7 @@ class FactorAnalysis(FactorModel):
         return d * q + 2 * d - q * (q - 1) // 2
 
 
-@jax.tree_util.register_dataclass
+@register_model
 @dataclasses.dataclass(frozen=True)
 class PPCA(FactorModel):
     """Probabilistic PCA (Tipping & Bishop 1999), factor analysis with one noise variance:

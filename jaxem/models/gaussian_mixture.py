@@ -44,6 +44,7 @@ from jaxem import parallel, units, validation
 from jaxem.models import checks
 from jaxem.models.cholesky import inverse_cholesky_transposed
 from jaxem.models.mixture import MixtureModel, weighted_posterior
+from jaxem.pytrees import register_model
 from jaxem.sizes import PAIRWISE_MAX_FEATURES, UNROLL_COMPONENTS
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -139,7 +140,7 @@ def _extended_triangle(n_features: int) -> tuple[np.ndarray, np.ndarray]:
     return np.triu_indices(n_features + 1)
 
 
-@jax.tree_util.register_dataclass
+@register_model
 @dataclasses.dataclass(frozen=True)
 class GaussianMixture(MixtureModel):
     """Gaussian mixture model with full, tied, diagonal or spherical covariances.

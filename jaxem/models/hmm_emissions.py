@@ -31,6 +31,7 @@ from jaxem.models import checks
 from jaxem.models import conditional_gaussian as cg
 from jaxem.models.cholesky import inverse_cholesky_transposed
 from jaxem.models.hmm import HMMModel, as_sequences, valid_steps, check_prior, dirichlet_log_prior, dirichlet_update, initial_resp, occupied
+from jaxem.pytrees import register_model
 
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
 
@@ -71,7 +72,7 @@ class GaussianHMMStats(NamedTuple):
     scatter: jax.Array
 
 
-@jax.tree_util.register_dataclass
+@register_model
 @dataclasses.dataclass(frozen=True)
 class GaussianHMM(HMMModel):
     """HMM with Gaussian emissions.
@@ -363,7 +364,7 @@ class CategoricalHMMParams(NamedTuple):
     probs: jax.Array
 
 
-@jax.tree_util.register_dataclass
+@register_model
 @dataclasses.dataclass(frozen=True)
 class CategoricalHMM(HMMModel):
     """HMM with categorical emissions: observations are integer codes in [0, n_categories),
@@ -460,7 +461,7 @@ class PoissonHMMParams(NamedTuple):
     rates: jax.Array
 
 
-@jax.tree_util.register_dataclass
+@register_model
 @dataclasses.dataclass(frozen=True)
 class PoissonHMM(HMMModel):
     """HMM with independent Poisson counts per feature.

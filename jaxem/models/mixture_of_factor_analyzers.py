@@ -63,6 +63,7 @@ from jaxem import validation
 from jaxem.models import checks
 from jaxem.models.factor_analysis import canonical_loadings, factor_update, posterior_terms, row_log_density
 from jaxem.models.mixture import MixtureModel, weighted_posterior
+from jaxem.pytrees import register_model
 
 NOISE_TYPES = ("shared", "per_component")
 
@@ -97,7 +98,7 @@ class ComponentTerms(NamedTuple):
     log_det: jax.Array
 
 
-@jax.tree_util.register_dataclass
+@register_model
 @dataclasses.dataclass(frozen=True)
 class MixtureOfFactorAnalyzers(MixtureModel):
     """Mixture of K factor analyzers with q factors each (Ghahramani & Hinton 1996).

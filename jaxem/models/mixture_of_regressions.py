@@ -23,6 +23,7 @@ import numpy as np
 from jaxem import validation
 from jaxem.models import checks
 from jaxem.models.mixture import MixtureModel
+from jaxem.pytrees import register_model
 
 
 class MixtureOfRegressionsParams(NamedTuple):
@@ -47,7 +48,7 @@ class MixtureOfRegressionsStats(NamedTuple):
     residual_squares: jax.Array
 
 
-@jax.tree_util.register_dataclass
+@register_model
 @dataclasses.dataclass(frozen=True)
 class MixtureOfRegressions(MixtureModel):
     """K linear regressions of one target on the same covariates, with per-component noise.

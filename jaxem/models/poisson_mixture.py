@@ -18,6 +18,7 @@ from jax.scipy.special import gammaln, xlogy
 from jaxem import validation
 from jaxem.models import checks
 from jaxem.models.mixture import MixtureModel
+from jaxem.pytrees import register_model
 
 # A start's rates are at least this fraction of their feature's weighted mean (see
 # PoissonMixture.params_from_resp_t).
@@ -38,7 +39,7 @@ class PoissonMixtureStats(NamedTuple):
     sums: jax.Array
 
 
-@jax.tree_util.register_dataclass
+@register_model
 @dataclasses.dataclass(frozen=True)
 class PoissonMixture(MixtureModel):
     """Mixture of products of independent Poisson distributions.

@@ -35,6 +35,7 @@ from jax.scipy.special import betaln, digamma, gammaln
 from jaxem import validation
 from jaxem.models import checks
 from jaxem.models.mixture import MixtureModel
+from jaxem.pytrees import register_model
 
 DOF_BISECTION_STEPS = 64
 
@@ -75,7 +76,7 @@ def mahalanobis_and_log_det(means: jax.Array, covariances: jax.Array, X: jax.Arr
     return maha, log_det
 
 
-@jax.tree_util.register_dataclass
+@register_model
 @dataclasses.dataclass(frozen=True)
 class StudentTMixture(MixtureModel):
     """Mixture of multivariate Student-t distributions with full scale matrices.

@@ -237,7 +237,7 @@ def test_gradient_with_respect_to_observations():
     """jax.grad of a converged fit's objective (diff="unroll") equals a central finite
     difference of two refits; padded steps get exactly zero."""
     padded, objective = gradient_problem()
-    grad = jax.grad(objective)(jnp.asarray(padded))
+    grad = jax.jit(jax.grad(objective))(jnp.asarray(padded))
     assert np.all(np.isfinite(grad))
     valid = np.arange(padded.shape[1]) < LENGTHS[:, None]
     assert np.all(np.asarray(grad)[~valid] == 0)
@@ -252,14 +252,14 @@ def test_implicit_gradient_with_respect_to_observations():
     loop (both converged), and a fitted mean's gradient (through the adjoint solve) equals a
     central finite difference of two refits."""
     padded, objective = gradient_problem()
-    grad = jax.grad(lambda x: objective(x, diff="implicit"))(jnp.asarray(padded))
-    unrolled = jax.grad(objective)(jnp.asarray(padded))
+    grad = jax.jit(jax.grad(lambda x: objective(x, diff="implicit")))(jnp.asarray(padded))
+    unrolled = jax.jit(jax.grad(objective))(jnp.asarray(padded))
     np.testing.assert_allclose(grad, unrolled, rtol=1e-6, atol=1e-9)
     # A fitted parameter's gradient goes through the adjoint solve (d theta* / d X).
     def mean_spread(res):
         return jnp.sum(res.params.means[:, 0] * jnp.arange(K))
 
-    grad = jax.grad(lambda x: objective(x, diff="implicit", of=mean_spread))(jnp.asarray(padded))
+    grad = jax.jit(jax.grad(lambda x: objective(x, diff="implicit", of=mean_spread)))(jnp.asarray(padded))
     valid = np.arange(padded.shape[1]) < LENGTHS[:, None]
     direction = np.random.default_rng(1).normal(size=padded.shape) * valid[:, :, None]
     # The reference refits run to the fixed point (tol=0, 100 iterations): a fit stopped by

@@ -84,7 +84,7 @@ def test_gaussian_mixture_implicit_gradient_matches_finite_differences(data, cov
     X, weights, X_direction, weight_direction = data
     loss = gaussian_loss(covariance_type)
     reg = 1e-2
-    grad_X, grad_w, grad_reg = jax.grad(loss, argnums=(0, 1, 2))(jnp.asarray(X), jnp.asarray(weights), reg)
+    grad_X, grad_w, grad_reg = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(jnp.asarray(X), jnp.asarray(weights), reg)
 
     assert_close(jnp.vdot(grad_X, X_direction), central_difference(lambda x: loss(x, weights, reg), X, X_direction))
     assert_close(
@@ -102,14 +102,14 @@ def test_log_likelihood_gradient_matches_finite_differences(data):
     def log_likelihood(X):
         return jaxem.fit(model, X, key=jax.random.key(0), init=start, sample_weight=weights, **FIT).log_likelihood
 
-    grad_X = jax.grad(log_likelihood)(jnp.asarray(X))
+    grad_X = jax.jit(jax.grad(log_likelihood))(jnp.asarray(X))
     assert_close(jnp.vdot(grad_X, X_direction), central_difference(log_likelihood, X, X_direction))
 
 
 def test_unrolled_and_implicit_gradients_agree(data):
     X, weights, _, _ = data
-    implicit = jax.grad(gaussian_loss("full", "implicit"), argnums=(0, 2))(jnp.asarray(X), weights, 1e-2)
-    unrolled = jax.grad(gaussian_loss("full", "unroll"), argnums=(0, 2))(jnp.asarray(X), weights, 1e-2)
+    implicit = jax.jit(jax.grad(gaussian_loss("full", "implicit"), argnums=(0, 2)))(jnp.asarray(X), weights, 1e-2)
+    unrolled = jax.jit(jax.grad(gaussian_loss("full", "unroll"), argnums=(0, 2)))(jnp.asarray(X), weights, 1e-2)
     np.testing.assert_allclose(implicit[0], unrolled[0], rtol=RTOL, atol=1e-10)
     assert_close(implicit[1], unrolled[1])
 
@@ -123,9 +123,10 @@ def test_adjoint_solvers_agree(data):
         res = jaxem.fit(model, X, key=jax.random.key(0), init=start, adjoint=adjoint, **FIT)
         return jnp.sum(res.params.means**2)
 
-    expected = jax.grad(mean_norm)(jnp.asarray(X), "bicgstab")
+    grad = jax.jit(jax.grad(mean_norm), static_argnums=1)
+    expected = grad(jnp.asarray(X), "bicgstab")
     for adjoint in ("dense", "gmres", "fixed_point"):
-        np.testing.assert_allclose(jax.grad(mean_norm)(jnp.asarray(X), adjoint), expected, rtol=RTOL, atol=1e-10)
+        np.testing.assert_allclose(grad(jnp.asarray(X), adjoint), expected, rtol=RTOL, atol=1e-10)
 
 
 def test_jit_of_grad_equals_grad(data):
@@ -160,14 +161,14 @@ def test_gradient_through_restarts_is_that_of_the_selected_run(data):
         res = jaxem.fit(model, X, key=key, n_restarts=n_restarts, init=init, **{**FIT, "max_iter": 600})
         return jnp.sum(res.params.means**2), res
 
-    (_, res), grad_all = jax.value_and_grad(mean_norm, has_aux=True)(X, 3, "kmeans++")
+    (_, res), grad_all = jax.jit(jax.value_and_grad(mean_norm, has_aux=True), static_argnums=(1, 2))(X, 3, "kmeans++")
     best = res.best_restart
     assert np.all(res.restarts.converged)
     assert len(np.unique(np.round(np.asarray(res.restarts.log_likelihood), 8))) == 3
     chosen_key = jax.random.split(key, 3)[int(best)]
     chosen = jax.jit(model.init_params, static_argnums=3)(chosen_key, X, jnp.ones(X.shape[0]), "kmeans++")
     chosen_init = {name: np.asarray(value) for name, value in chosen._asdict().items()}
-    grad_chosen, _ = jax.grad(mean_norm, has_aux=True)(X, 1, chosen_init)
+    grad_chosen, _ = jax.jit(lambda X: jax.grad(mean_norm, has_aux=True)(X, 1, chosen_init))(X)
     np.testing.assert_allclose(grad_all, grad_chosen, rtol=1e-8, atol=1e-12)
     assert np.all(np.isfinite(grad_all))
 
@@ -295,7 +296,7 @@ def test_gradient_m_step_model_matches_finite_differences(data):
         return jnp.sum(jnp.sin(res.params.means)) + jnp.sum(res.params.log_variances**2) + res.log_likelihood
 
     assert bool(jaxem.fit(model, X, key=jax.random.key(0), init=start, **FIT).converged)
-    grad_X, grad_w = jax.grad(loss, argnums=(0, 1))(jnp.asarray(X), jnp.asarray(weights))
+    grad_X, grad_w = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(X), jnp.asarray(weights))
     assert_close(jnp.vdot(grad_X, X_direction), central_difference(lambda x: loss(x, weights), X, X_direction))
     assert_close(
         jnp.vdot(grad_w, weight_direction),
@@ -315,7 +316,8 @@ def test_accelerated_fit_has_the_plain_em_gradient(accelerate):
         return jnp.sum(res.params.means ** 2) + res.log_likelihood
 
     np.testing.assert_allclose(loss(X, accelerate), loss(X, None), rtol=1e-10)
-    np.testing.assert_allclose(jax.grad(loss)(X, accelerate), jax.grad(loss)(X, None), rtol=1e-6, atol=1e-9)
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    np.testing.assert_allclose(grad(X, accelerate), grad(X, None), rtol=1e-6, atol=1e-9)
 
 
 def test_unroll_with_acceleration_is_refused():
@@ -345,7 +347,7 @@ def test_latent_model_with_gradient_m_step_has_the_same_gradient(data):
         return jnp.sum(jnp.sin(res.params.means)) + jnp.sum(res.params.log_variances**2) + res.log_likelihood
 
     args = (jnp.asarray(X), jnp.asarray(weights))
-    expected = jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1))(*args)
-    actual = jax.grad(lambda *a: loss(generic, *a), argnums=(0, 1))(*args)
+    expected = jax.jit(jax.grad(lambda *a: loss(reference, *a), argnums=(0, 1)))(*args)
+    actual = jax.jit(jax.grad(lambda *a: loss(generic, *a), argnums=(0, 1)))(*args)
     for a, b in zip(actual, expected):
         np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * float(jnp.max(jnp.abs(b))))

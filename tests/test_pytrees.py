@@ -62,3 +62,13 @@ def test_static_fields_are_structure_and_the_rest_named_leaves():
 def test_register_model_refuses_a_class_that_is_not_a_dataclass():
     with pytest.raises(TypeError, match="dataclass"):
         register_model(type("Plain", (), {}))
+
+
+def test_no_jaxem_class_is_registered_with_register_dataclass():
+    import pathlib
+    import re
+
+    registers = re.compile(r"register_dataclass\s*\(|^\s*@.*register_dataclass\s*$", re.MULTILINE)
+    package = pathlib.Path(jaxem.__file__).parent
+    using = [path.name for path in package.rglob("*.py") if registers.search(path.read_text())]
+    assert using == [], f"register these with jaxem.register_model (jaxem/pytrees.py): {using}"

@@ -38,12 +38,14 @@ def register_model(cls: type[T]) -> type[T]:
     leaves = tuple(field.name for field in fields if not field.metadata.get("static", False))
     keys = tuple(jax.tree_util.GetAttrKey(name) for name in leaves)
 
+    def configuration(node):
+        return tuple(getattr(node, name) for name in static)
+
     def flatten_with_keys(node):
-        children = tuple((key, getattr(node, name)) for key, name in zip(keys, leaves))
-        return children, tuple(getattr(node, name) for name in static)
+        return tuple((key, getattr(node, name)) for key, name in zip(keys, leaves)), configuration(node)
 
     def flatten(node):
-        return tuple(getattr(node, name) for name in leaves), tuple(getattr(node, name) for name in static)
+        return tuple(getattr(node, name) for name in leaves), configuration(node)
 
     def unflatten(aux, children):
         return cls(**dict(zip(static, aux)), **dict(zip(leaves, children)))

@@ -19,7 +19,10 @@ Run: python benchmarks/bench_missing.py [--quick | --d16]
 rows, seconds per pass over the data at the same params, median of STREAM_REPEATS passes):
 the complete data, missing values with the default chunk_size ("auto": blocks beyond the
 tabulated patterns are regrouped by how many entries a row misses) and with an explicit
-chunk_size of a quarter block (chunks take the per-row E-step, not regrouped).
+chunk_size of a quarter block (chunks take the per-row E-step, not regrouped). Beside them:
+the host's share of a regrouped pass (blocks read, checked, regrouped and put on the device,
+no E-step), and the yardstick, an iteration of jaxem.fit on the same rows in memory
+(complete and missing; `*_vs_in_memory`: a pass over an in-memory iteration).
 Writes benchmarks/results/missing_stream.json.
 """
 
@@ -131,6 +134,7 @@ def sklearn_ms_per_iter(X, k, cov_type, start, iters, repeats):
 STREAM_BLOCK = 50_000
 STREAM_CASES = [(5, 4, 0.1), (16, 8, 0.1)]  # (D, K, fraction of entries deleted)
 STREAM_REPEATS = 9
+STREAM_FIT_ITERS, STREAM_FIT_REPEATS = 10, 5  # the in-memory yardstick (in_memory_s_per_pass)
 
 
 def stream_seconds_per_pass(model, X, start, repeats, **options):
@@ -142,6 +146,23 @@ def stream_seconds_per_pass(model, X, start, repeats, **options):
     params = stream._start(passes, start, None)
     stats, log_lik, weight = jax.block_until_ready(passes.e_pass(params))
     return median_time(lambda: passes.e_pass(params), repeats), float(log_lik / weight)
+
+
+def stream_host_seconds_per_pass(model, X, repeats, **options):
+    """Seconds per pass of the host's share of a streamed pass alone (median of `repeats`):
+    the blocks read, checked, arranged and put on the device, no E-step."""
+    passes = stream._Stream(model, stream.Source(X, STREAM_BLOCK), "auto", **options)
+    passes.first_block()
+    list(passes.blocks())  # capacities grown
+    return median_time(lambda: jax.block_until_ready(list(passes.blocks())), repeats)
+
+
+def in_memory_s_per_pass(model, X, start, missing, repeats):
+    """Seconds per iteration of jaxem.fit on all of X in memory from start (the marginal
+    cost of STREAM_FIT_ITERS more iterations, timed_fits), the yardstick of a streamed pass:
+    the same E-step work once the rows sit in one array, grouped over the whole data."""
+    timed = timed_fits(dict(fit=fit_runner(model, X, start, missing)), STREAM_FIT_ITERS, repeats)
+    return timed["fit"][1]["ms_per_iter"] / 1e3
 
 
 def stream_rows(n, repeats):
@@ -156,10 +177,16 @@ def stream_rows(n, repeats):
         complete, _ = stream_seconds_per_pass(model, X, start, repeats)  # auto chunks
         regrouped, value = stream_seconds_per_pass(model, holes, start, repeats, missing="em")
         per_row, value_rows = stream_seconds_per_pass(model, holes, start, repeats, missing="em", chunk_size=STREAM_BLOCK // 4)
+        host = stream_host_seconds_per_pass(model, holes, repeats, missing="em")
+        memory_complete = in_memory_s_per_pass(model, X, start, None, STREAM_FIT_REPEATS)
+        memory_missing = in_memory_s_per_pass(model, holes, start, "em", STREAM_FIT_REPEATS)
         row = dict(
             n=n, block_size=STREAM_BLOCK, d=d, k=k, missing_fraction=fraction, dtype="float32", repeats=repeats,
             complete_s_per_pass=complete, missing_s_per_pass=regrouped, missing_chunked_s_per_pass=per_row,
             ratio=regrouped / complete, chunked_ratio=per_row / complete,
+            missing_host_s_per_pass=host, in_memory_complete_s_per_iter=memory_complete,
+            in_memory_missing_s_per_iter=memory_missing,
+            complete_vs_in_memory=complete / memory_complete, missing_vs_in_memory=regrouped / memory_missing,
             missing_log_likelihood=value, missing_chunked_log_likelihood=value_rows,
         )
         rows.append(row)

@@ -37,8 +37,10 @@ Streamed fits (jaxem.stream, `streamed`) see the data one block at a time, so ne
 the patterns of the whole data be known nor the rows of the whole data be ordered:
 `StreamedMissingValues` regroups each unchunked block's rows on the host (`arranged`: by
 how many entries they miss, each group padded to a capacity that grows when a block needs
-more) and runs each group on `width_e_step` with a table of its distinct patterns in the
-block, as jaxem.fit's width groups. A chunk of a chunked block is run as such a chunk
+more) and runs each group as jaxem.fit's width groups: in blocks of one pattern (blocked or
+low-rank, `choose_blocks` on the first block that has the width) against the static table of
+every pattern of that width when there are few enough (`width_patterns`), else on
+`width_e_step` with a table of the group's distinct patterns in the block. A chunk of a chunked block is run as such a chunk
 above, in one program compiled for the chunk's shape: with few features every possible
 pattern is tabulated (2^D of them, a row's index its bit field), so the blocks are
 factorised once per pattern, else per row with W the most entries any row of the stream
@@ -51,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from typing import Any, NamedTuple
 
@@ -499,7 +502,11 @@ class StreamedMissingValues(MissingValues):
     (conditional_gaussian.width_e_step), as jaxem.fit's width groups, with a table of the
     group's distinct patterns in the block (each factorised once; `table_sizes` slots per
     group, rows indexing it by `pattern`); capacities and table sizes grow when a block
-    needs more (`for_block`).
+    needs more (`for_block`). A group whose `group_blocks` entry B_g > 0 instead holds
+    its rows in blocks of B_g rows of one pattern (each pattern padded to whole blocks)
+    indexing the static table of every pattern of W_g entries (`width_patterns`, C(D, W_g)
+    entries, its table size), and takes blocked_e_step, or low_rank_e_step where `low_rank`
+    says so, as jaxem.fit's groups in blocks.
 
     A block is validated alone: a column may be missing throughout one block, and rows with
     every entry missing are left to the stream (`check_block_rows` numbers them in the
@@ -553,29 +560,56 @@ class StreamedMissingValues(MissingValues):
         """Arranged: this model, or one whose capacities (rows per group) and table sizes
         (patterns per group) hold the block; grown ones are GROUP_HEADROOM times the
         block's count, rounded up to a multiple of n / GROUP_QUANTA (a table at most its
-        group's capacity)."""
+        group's capacity). A group in blocks of one pattern (`group_blocks`, chosen when its
+        width first appears: `_choose_group_blocks`) counts its rows with each pattern
+        padded to whole blocks, its capacity a whole number of blocks, and keeps the static
+        table of every pattern of its width (`width_patterns`)."""
+        n_features = mask.missing.shape[1]
         rows_per_width, patterns_per_width = np.bincount(mask.n_missing), np.bincount(mask.patterns.widths)
-        capacity, tables = dict(self.groups), dict(zip((w for w, _ in self.groups), self.table_sizes))
-        capacity[0], tables[0] = self.n_complete, 1
+        rows_per_pattern = np.bincount(mask.patterns.pattern, minlength=mask.patterns.widths.size)
+        widths = [w for w, _ in self.groups]
+        capacity, tables = dict(self.groups), dict(zip(widths, self.table_sizes))
+        blocks = dict(zip(widths, zip(self.group_blocks or (0,) * len(widths), self.low_rank or (False,) * len(widths))))
+        capacity[0], tables[0], blocks[0] = self.n_complete, 1, (0, False)
         quantum = max(1, mask.missing.shape[0] // GROUP_QUANTA)
 
-        def room(count):
-            return -(-math.ceil(count * GROUP_HEADROOM) // quantum) * quantum
+        def room(count, multiple):
+            rows = -(-math.ceil(count * GROUP_HEADROOM) // quantum) * quantum
+            return -(-rows // multiple) * multiple
 
         grown = False
         for width in map(int, np.flatnonzero(rows_per_width)):
-            n_rows, n_patterns = int(rows_per_width[width]), int(patterns_per_width[width])
+            pattern_rows = rows_per_pattern[mask.patterns.widths == width]
+            if width not in blocks:
+                blocks[width] = _choose_group_blocks(pattern_rows, n_features, width)
+            block = blocks[width][0]
+            if block:  # each pattern padded to whole blocks; the table holds every pattern
+                n_rows, n_patterns = int(np.sum(-(-pattern_rows // block)) * block), math.comb(n_features, width)
+            else:
+                n_rows, n_patterns = int(rows_per_width[width]), int(patterns_per_width[width])
             if capacity.get(width, -1) < n_rows:
-                capacity[width], grown = max(capacity.get(width, 0), room(n_rows)), True
+                capacity[width], grown = max(capacity.get(width, 0), room(n_rows, block or 1)), True
             if tables.get(width, -1) < n_patterns:
-                tables[width], grown = max(tables.get(width, 0), room(n_patterns)), True
+                tables[width], grown = max(tables.get(width, 0), n_patterns if block else room(n_patterns, 1)), True
         if not grown:
             return self
         widths = sorted(w for w in capacity if w > 0)
         return dataclasses.replace(
             self, n_complete=capacity[0], groups=tuple((w, capacity[w]) for w in widths),
-            table_sizes=tuple(min(tables[w], capacity[w]) for w in widths), width=max(widths, default=1),
+            table_sizes=tuple(tables[w] if blocks[w][0] else min(tables[w], capacity[w]) for w in widths),
+            group_blocks=tuple(blocks[w][0] for w in widths), low_rank=tuple(blocks[w][1] for w in widths),
+            width=max(widths, default=1),
         )
+
+    def _group_layout(self) -> list[tuple[int, int, int, int, bool]]:
+        """Per arranged group, the complete rows' first: (W_g, capacity, table size, block
+        size B_g or 0: per row, low-rank blocks)."""
+        n_groups = len(self.groups)
+        blocks, low_rank = self.group_blocks or (0,) * n_groups, self.low_rank or (False,) * n_groups
+        return [(0, self.n_complete, 1, 0, False)] + [
+            (width, capacity, table_size, block, bool(low))
+            for (width, capacity), table_size, block, low in zip(self.groups, self.table_sizes, blocks, low_rank)
+        ]
 
     def arranged_rows(self, X: Any, weights: np.ndarray, mask: BlockMask | None = None) -> tuple[cg.PartialRows, np.ndarray]:
         """Arranged: a block X (n, D), NaN where missing, and its weights (n,) as the
@@ -585,7 +619,9 @@ class StreamedMissingValues(MissingValues):
         copies of its last row (an empty group: zero rows missing its first W_g entries).
         Missing entries are at the block's column means; each row's `pattern` is its index
         among its group's distinct patterns (sorted by `pattern_keys`), its slots the
-        pattern's missing columns. Made on the host: XLA:CPU's row-wise sort
+        pattern's missing columns. A group in blocks (`group_blocks`) first pads each
+        pattern's rows to whole blocks with weight-0 copies, and its rows' `pattern` indexes
+        the static table of every pattern of the group's width (`width_patterns`). Made on the host: XLA:CPU's row-wise sort
         (conditional_gaussian.partial_rows) took longer than this whole block.
 
         Args:
@@ -610,26 +646,31 @@ class StreamedMissingValues(MissingValues):
             pattern=np.zeros(n_rows, np.int32), weights=np.zeros(n_rows, weights.dtype),
         )
         start, placed = 0, 0
-        for (width, capacity), table_size in zip(((0, self.n_complete),) + self.groups, (1,) + self.table_sizes):
+        for width, capacity, table_size, block, _ in self._group_layout():
             rows, end = slice(start, start + capacity), start + capacity
             members = order[np.searchsorted(sorted_widths, width) : np.searchsorted(sorted_widths, width, "right")]
             patterns = slice(np.searchsorted(widths, width), np.searchsorted(widths, width, "right"))
-            if len(members) > capacity:
-                raise ValueError(f"a block has {len(members)} rows missing {width} entries, more than {capacity} (for_block makes room).")
             if patterns.stop - patterns.start > table_size:
                 raise ValueError(f"a block has {patterns.stop - patterns.start} patterns of {width} missing entries, more than {table_size} (for_block makes room).")
+            local, real = pattern[members] - patterns.start, np.ones(len(members), bool)
+            table = np.nonzero(mask.missing[first[patterns]])[1].reshape(-1, width) if width else None
+            if block and len(members):  # each pattern padded to whole blocks; ids into the static table
+                padded, is_pad = pattern_order(local + 1, block)
+                members, local, real = members[padded], width_pattern_ids(table, values.shape[1])[local[padded]], ~is_pad
+                table = width_patterns(values.shape[1], width).slots
+            if len(members) > capacity:
+                raise ValueError(f"a block has {int(real.sum())} rows missing {width} entries, more than {capacity} rows hold{' in blocks of one pattern' if block else ''} (for_block makes room).")
             out["valid"][rows, :width] = True
             if len(members):
-                take = np.concatenate([members, np.repeat(members[-1:], capacity - len(members))])
-                local = pattern[take] - patterns.start
+                fill = capacity - len(members)
+                take, local = np.concatenate([members, np.repeat(members[-1:], fill)]), np.concatenate([local, np.repeat(local[-1:], fill)])
                 out["values"][rows], out["observed"][rows], out["pattern"][rows] = filled[take], observed[take], local
-                out["weights"][start : start + len(members)] = weights[members]
+                out["weights"][start : start + len(members)] = np.where(real, weights[members], 0)
                 if width:
-                    table = np.nonzero(mask.missing[first[patterns]])[1].reshape(-1, width)
                     out["slots"][rows, :width] = table[local]
-            else:  # filler
+            else:  # filler (in blocks: the static table's first pattern, columns 0 .. W - 1)
                 out["observed"][rows, :width], out["slots"][rows, :width] = 0, np.arange(width)
-            start, placed = end, placed + len(members)
+            start, placed = end, placed + int(real.sum())
         if placed < len(order):
             raise ValueError(f"a block has rows missing {sorted(set(widths.tolist()) - {w for w, _ in self.groups} - {0})} entries, which no group takes (for_block makes room).")
         self.base.check_data(out["values"])
@@ -646,12 +687,15 @@ class StreamedMissingValues(MissingValues):
             return ChunkRows(self.base.precompute(data.values), data)
         complete = self.base.precompute(data.values[: self.n_complete]) if self.n_complete else None
         groups, start = [], self.n_complete
-        for width, capacity in self.groups:
+        for width, capacity, _, block, low_rank in self._group_layout()[1:]:
             rows = slice(start, start + capacity)
-            groups.append(cg.PartialRows(
+            group = cg.PartialRows(
                 data.values[rows], data.observed[rows], data.missing_index[rows, :width],
                 data.missing_valid[rows, :width], data.pattern[rows],
-            ))
+            )
+            if block:
+                group = (cg.low_rank_blocks if low_rank else cg.pattern_blocks)(group.values, group.pattern, block)
+            groups.append(group)
             start += capacity
         return SplitRows(complete, tuple(groups) or None)
 
@@ -662,10 +706,14 @@ class StreamedMissingValues(MissingValues):
         if not self.arranged:
             return super()._incomplete_e_step(factors, incomplete, sample_weight)
         parts, start = [], 0
-        for group, table_size in zip(incomplete, self.table_sizes):
-            n_rows = group.values.shape[0]
+        for group, (width, n_rows, table_size, block, low_rank) in zip(incomplete, self._group_layout()[1:]):
             weights = sample_weight[start : start + n_rows]
             start += n_rows
+            if block:
+                table = width_patterns(factors.components.means.shape[1], width)
+                step = cg.low_rank_e_step if low_rank else cg.blocked_e_step
+                parts.append(step(factors.components, group, weights.reshape(-1, block), table))
+                continue
             table = group_patterns(group, table_size)
             chunk_rows = GROUP_CHUNK_ROWS if n_rows > 2 * GROUP_CHUNK_ROWS else None
             parts.append(cg.width_e_step(factors.components, group, weights, table, chunk_rows))
@@ -686,6 +734,39 @@ def group_patterns(rows: cg.PartialRows, table_size: int) -> cg.MissingPatterns:
     first = jax.ops.segment_min(jnp.arange(n_rows), rows.pattern, num_segments=table_size)
     slots = rows.missing_index[jnp.minimum(first, n_rows - 1)]
     return cg.MissingPatterns(slots, jnp.ones(slots.shape, bool))
+
+
+@functools.lru_cache(maxsize=None)
+def width_patterns(n_features: int, width: int) -> cg.MissingPatterns:
+    """The static (C(D, W), W) table of every pattern of `width` missing entries among
+    n_features columns, in itertools.combinations order (the first: columns 0 .. W - 1)."""
+    slots = np.array(list(itertools.combinations(range(n_features), width)), np.int32).reshape(-1, width)
+    slots.flags.writeable = False
+    return cg.MissingPatterns(slots, np.ones(slots.shape, bool))
+
+
+def width_pattern_ids(columns: np.ndarray, n_features: int) -> np.ndarray:
+    """(P,) int32 indices into `width_patterns` of the patterns columns (P, W), each row
+    sorted: the combinatorial number system's rank of each (lexicographic order)."""
+    n_patterns, width = columns.shape
+    ranks = np.zeros(n_patterns, np.int64)
+    previous = np.full(n_patterns, -1)
+    for slot in range(width):  # the combinations before each row's slot-th column, given the earlier ones
+        for column in range(n_features):
+            skipped = (column > previous) & (column < columns[:, slot])
+            ranks += np.where(skipped, math.comb(n_features - column - 1, width - slot - 1), 0)
+        previous = columns[:, slot]
+    return ranks.astype(np.int32)
+
+
+def _choose_group_blocks(pattern_rows: np.ndarray, n_features: int, width: int) -> tuple[int, bool]:
+    """(B, low_rank) for an arranged group of rows missing `width` entries whose block has
+    pattern_rows (P,) rows per pattern: `choose_blocks`, when the static table of every
+    pattern of that width has at most MAX_TABULATED_PATTERNS entries (each factorised per
+    E-step), else (0, False): per row with a table of the block's own patterns."""
+    if math.comb(n_features, width) > MAX_TABULATED_PATTERNS:
+        return 0, False
+    return choose_blocks(pattern_rows, n_features)
 
 
 # Arranged streamed blocks: each group's capacity is GROUP_HEADROOM times the rows of the

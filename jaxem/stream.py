@@ -50,8 +50,10 @@ model is wrapped by `jaxem.missing.streamed`. Unchunked blocks (chunk_size "auto
 are regrouped on the host, complete rows first and then by how many entries they miss,
 each group padded to a capacity that grows (one more compile) when a block needs more;
 complete rows take the base model's own E-step and each group of rows missing W entries
-the per-row E-step of width W with a table of the group's distinct patterns, as jaxem.fit's
-width groups (jaxem.missing.StreamedMissingValues, `arranged`). With an explicit
+either blocks of one pattern (each pattern padded to whole blocks, against the static table
+of every pattern of W entries when there are few enough; chosen on the first block with such
+rows) or the per-row E-step of width W with a table of the group's distinct patterns, as
+jaxem.fit's width groups (jaxem.missing.StreamedMissingValues, `arranged`). With an explicit
 chunk_size smaller than a block, a chunk without missing entries takes the base E-step
 and any other the conditional one (one `lax.cond` per chunk), factorising its blocks once
 per pattern of a table of all 2^D patterns when D is small (at most
@@ -399,7 +401,9 @@ class _Stream:
         if not getattr(self.model, "arranged", False):
             return data, weights
         X, w = self.first_rows
-        in_order = dataclasses.replace(self.model, arranged=False, width=np.shape(X)[-1], n_complete=0, groups=(), table_sizes=())
+        in_order = dataclasses.replace(
+            self.model, arranged=False, width=np.shape(X)[-1], n_complete=0, groups=(), table_sizes=(), group_blocks=(), low_rank=()
+        )
         return _device_block(in_order, X, w, self.source.block_size)
 
     def release_first(self):

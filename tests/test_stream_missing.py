@@ -11,6 +11,7 @@ weights, regrouping, complete and incomplete blocks, chunks. Float64 (tests/conf
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -105,7 +106,9 @@ def test_streamed_e_step_choice():
     np.testing.assert_array_equal(missing.pattern_keys(masks), np.arange(8))
 
 
-@pytest.mark.parametrize("name, chunk_size", [("gmm", 32), ("fa", 16), ("diag", 16), ("gmm_arranged", None)])
+@pytest.mark.parametrize(
+    "name, chunk_size", [("gmm", 32), ("fa", 16), ("diag", 16), ("gmm_arranged", None), ("gmm_arranged_blocks", None)]
+)
 def test_stream_equals_the_in_memory_fit(name, chunk_size, monkeypatch):
     # Full covariances in chunks of 32 rows: the tabulated patterns; FactorAnalysis in
     # chunks of 16 rows: per-row factorisations, each chunk choosing its E-step, one slot
@@ -113,9 +116,14 @@ def test_stream_equals_the_in_memory_fit(name, chunk_size, monkeypatch):
     # blocks): regrouped by how many entries a row misses, the rows reordered so that the
     # first block is complete (no group), the second adds a group of one-entry rows and the
     # third one of two-entry rows, and groups of more than 2 x 8 rows in chunks of at most 8 (a loop).
+    # Arranged in blocks: as arranged, the one-entry rows in blocks of 8 rows of one pattern
+    # (per-pattern coefficients) and the two-entry rows in low-rank blocks of 8.
     model, init = STARTS[name.split("_")[0]]
     data, weights = (X, W) if name in ("gmm", "diag") else (X_NARROW_START, W)
-    if name == "gmm_arranged":
+    arranged = name.startswith("gmm_arranged")
+    if name == "gmm_arranged_blocks":
+        monkeypatch.setattr(missing, "_choose_group_blocks", lambda rows, n_features, width: (8, width == 2))
+    if arranged:
         order = np.r_[BLOCK : 2 * BLOCK, :BLOCK, 2 * BLOCK : N_ROWS]
         data, weights = data[order], W[order]
     options = dict(init=init, max_iter=40, tol=1e-8)
@@ -130,11 +138,16 @@ def test_stream_equals_the_in_memory_fit(name, chunk_size, monkeypatch):
     assert_same_fit(res, ref)
     widths = [m.width for m in models]
     assert sorted(set(widths)) == ([3] if name in ("gmm", "diag") else [1, 2]) and widths[0] == min(widths)
-    assert all(m.arranged for m in models) == (name == "gmm_arranged")
-    if name == "gmm_arranged":
+    assert all(m.arranged for m in models) == arranged
+    if arranged:
         groups = [[w for w, _ in m.groups] for m in models]
         assert [g for i, g in enumerate(groups) if i == 0 or g != groups[i - 1]] == [[], [1], [1, 2]]
+    if name == "gmm_arranged":
         assert max(c for _, c in models[-1].groups) > 2 * 8  # a chunked group
+        assert models[-1].group_blocks == (0, 0)
+    if name == "gmm_arranged_blocks":
+        assert (models[-1].group_blocks, models[-1].low_rank, models[-1].table_sizes) == ((8, 8), (False, True), (3, 3))
+        assert all(c % 8 == 0 for _, c in models[-1].groups)
 
 
 def test_arranged_blocks_group_rows_by_missing_entries():
@@ -182,6 +195,45 @@ def test_arranged_blocks_group_rows_by_missing_entries():
         dataclasses.replace(grown, groups=((1, 2), (2, 2))).arranged_rows(block[[2, 3, 3]], np.ones(3))
     with pytest.raises(ValueError, match=r"rows missing \[2\] entries, which no group takes"):
         dataclasses.replace(grown, groups=((1, 3),), table_sizes=(3,)).arranged_rows(block, np.ones(5))
+
+
+def test_width_patterns_and_their_ids():
+    """The static table of every pattern of W missing entries is itertools.combinations'
+    order, and width_pattern_ids ranks any pattern's columns into it."""
+    for n_features, width in [(3, 1), (5, 2), (7, 3), (16, 2)]:
+        table = missing.width_patterns(n_features, width)
+        combos = list(itertools.combinations(range(n_features), width))
+        np.testing.assert_array_equal(table.slots, combos)
+        assert table.valid.all()
+        shuffled = np.random.default_rng(width).permutation(len(combos))
+        np.testing.assert_array_equal(missing.width_pattern_ids(table.slots[shuffled], n_features), shuffled)
+
+
+def test_arranged_rows_in_blocks_of_one_pattern(monkeypatch):
+    """A group in blocks: each pattern's rows padded to whole blocks with weight-0 copies,
+    every block one pattern whose id indexes the static table of its width, the group
+    padded to its capacity (whole blocks) with weight-0 copies; each row of the block
+    appears once, with its weight."""
+    monkeypatch.setattr(missing, "_choose_group_blocks", lambda rows, n_features, width: (4, False) if width == 1 else (0, False))
+    rng = np.random.default_rng(5)
+    block = rng.normal(size=(40, 4))
+    holes = (rng.random(40) < 0.7) & (np.arange(40) >= 3)
+    block[holes, rng.integers(0, 4, holes.sum())] = np.nan  # one entry: 4 patterns
+    block[:3, :2] = np.nan  # two entries: per row
+    model = missing.streamed(STARTS["gmm"][0], 4, 40, arranged=True).for_block(np.isnan(block))
+    (one, capacity), (two, _) = model.groups
+    assert (one, two, model.group_blocks, model.table_sizes[0]) == (1, 2, (4, 0), 4) and capacity % 4 == 0
+    rows, w = model.arranged_rows(block, np.arange(1.0, 41.0))
+    group = slice(model.n_complete, model.n_complete + capacity)
+    pattern = np.asarray(rows.pattern[group]).reshape(-1, 4)
+    assert (pattern == pattern[:, :1]).all()  # one pattern per block
+    np.testing.assert_array_equal(rows.missing_index[group, 0], missing.width_patterns(4, 1).slots[rows.pattern[group], 0])
+    np.testing.assert_array_equal(np.asarray(rows.observed[group]) == 0, np.arange(4) == np.asarray(rows.missing_index[group, :1]))
+    real = w > 0
+    assert sorted(w[real].astype(int).tolist()) == list(range(1, 41))
+    np.testing.assert_array_equal(np.isnan(block[w[real].astype(int) - 1]), np.asarray(rows.observed)[real] == 0)
+    observed = ~np.isnan(block[w[real].astype(int) - 1])
+    np.testing.assert_array_equal(np.asarray(rows.values)[real][observed], block[w[real].astype(int) - 1][observed])
 
 
 def test_arranged_rows_equal_partial_rows_of_the_arranged_block():

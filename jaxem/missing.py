@@ -256,9 +256,7 @@ class MissingValues(Model):
             return self._conditional_e_step(factors, incomplete, sample_weight)
         else:  # a tuple of width groups, each in blocks of one pattern or per row
             parts = [
-                (cg.low_rank_e_step if low_rank else cg.blocked_e_step)(
-                    factors.components, group, sample_weight[rows].reshape(-1, block), table
-                )
+                _blocked_e_step(factors.components, group, sample_weight[rows], table, block, low_rank)
                 if block else cg.width_e_step(factors.components, group, sample_weight[rows], table)
                 for group, (rows, _, table, block, low_rank) in zip(incomplete, self.width_groups())
             ]
@@ -280,9 +278,10 @@ class MissingValues(Model):
 
 
 def _width_group(incomplete: cg.PartialRows, rows: slice, first: int, width: int, block: int, low_rank: bool) -> Any:
-    """One entry of `MissingValues.groups` from the incomplete rows: its rows with `width`
-    slots and pattern ids local to its table, in blocks of `block` rows (block > 0;
-    LowRankBlocks or PatternBlocks) or as PartialRows."""
+    """One entry of `MissingValues.groups` (or an arranged streamed block's group, first = 0)
+    from the incomplete rows: its rows with `width` slots and pattern ids local to its
+    table, in blocks of `block` rows (block > 0; LowRankBlocks or PatternBlocks) or as
+    PartialRows."""
     group = cg.PartialRows(
         incomplete.values[rows], incomplete.observed[rows], incomplete.missing_index[rows, :width],
         incomplete.missing_valid[rows, :width], incomplete.pattern[rows] - first,
@@ -290,6 +289,13 @@ def _width_group(incomplete: cg.PartialRows, rows: slice, first: int, width: int
     if not block:
         return group
     return (cg.low_rank_blocks if low_rank else cg.pattern_blocks)(group.values, group.pattern, block)
+
+
+def _blocked_e_step(components: cg.GaussianComponents, blocks: Any, weights: jax.Array, table: cg.MissingPatterns, block: int, low_rank: bool):
+    """`_width_group`'s blocks of `block` rows with weights (n,): low_rank_e_step or
+    blocked_e_step against the pattern table."""
+    step = cg.low_rank_e_step if low_rank else cg.blocked_e_step
+    return step(components, blocks, weights.reshape(-1, block), table)
 
 
 def prepare(model: Any, X: Any, sample_weight: Any) -> tuple[MissingValues, Any, Any]:
@@ -567,10 +573,10 @@ class StreamedMissingValues(MissingValues):
         n_features = mask.missing.shape[1]
         rows_per_width, patterns_per_width = np.bincount(mask.n_missing), np.bincount(mask.patterns.widths)
         rows_per_pattern = np.bincount(mask.patterns.pattern, minlength=mask.patterns.widths.size)
-        widths = [w for w, _ in self.groups]
-        capacity, tables = dict(self.groups), dict(zip(widths, self.table_sizes))
-        blocks = dict(zip(widths, zip(self.group_blocks or (0,) * len(widths), self.low_rank or (False,) * len(widths))))
-        capacity[0], tables[0], blocks[0] = self.n_complete, 1, (0, False)
+        layout = self._group_layout()
+        capacity = {width: n_rows for width, n_rows, _, _, _ in layout}
+        tables = {width: table_size for width, _, table_size, _, _ in layout}
+        blocks = {width: (block, low_rank) for width, _, _, block, low_rank in layout}
         quantum = max(1, mask.missing.shape[0] // GROUP_QUANTA)
 
         def room(count, multiple):
@@ -688,14 +694,7 @@ class StreamedMissingValues(MissingValues):
         complete = self.base.precompute(data.values[: self.n_complete]) if self.n_complete else None
         groups, start = [], self.n_complete
         for width, capacity, _, block, low_rank in self._group_layout()[1:]:
-            rows = slice(start, start + capacity)
-            group = cg.PartialRows(
-                data.values[rows], data.observed[rows], data.missing_index[rows, :width],
-                data.missing_valid[rows, :width], data.pattern[rows],
-            )
-            if block:
-                group = (cg.low_rank_blocks if low_rank else cg.pattern_blocks)(group.values, group.pattern, block)
-            groups.append(group)
+            groups.append(_width_group(data, slice(start, start + capacity), 0, width, block, low_rank))
             start += capacity
         return SplitRows(complete, tuple(groups) or None)
 
@@ -711,8 +710,7 @@ class StreamedMissingValues(MissingValues):
             start += n_rows
             if block:
                 table = width_patterns(factors.components.means.shape[1], width)
-                step = cg.low_rank_e_step if low_rank else cg.blocked_e_step
-                parts.append(step(factors.components, group, weights.reshape(-1, block), table))
+                parts.append(_blocked_e_step(factors.components, group, weights, table, block, low_rank))
                 continue
             table = group_patterns(group, table_size)
             chunk_rows = GROUP_CHUNK_ROWS if n_rows > 2 * GROUP_CHUNK_ROWS else None

@@ -273,25 +273,52 @@ def test_arranged_rows_equal_partial_rows_of_the_arranged_block():
         start += capacity
 
 
-@pytest.mark.parametrize("n_features", [5, 70])  # keys as bit fields; as rows (more than 62 features)
+# Keys counted in a table of every key (5 features), sorted (14: 2^14 keys > 200 rows), and
+# the rows themselves (70 features: no bit field).
+@pytest.mark.parametrize("n_features", [5, 14, 70])
 def test_sorted_patterns_groups_rows_by_pattern(n_features):
     """sorted_patterns: one id per distinct pattern, ids ordered by entries missed, each
-    id's first row and width, and an order that keeps each pattern's rows together and in
-    their order."""
+    id's first row, width and rows, and an order that keeps each pattern's rows together
+    and in their order."""
     rng = np.random.default_rng(4)
     templates = rng.random((6, n_features)) < 0.2
     templates[0] = False  # complete rows
     mask = templates[rng.integers(0, 6, 200)]
-    order, pattern, widths, first = missing.sorted_patterns(mask, mask.sum(axis=1))
+    order, pattern, widths, first, counts = missing.sorted_patterns(mask)
     distinct = {tuple(row) for row in mask}
-    assert len(widths) == len(first) == len(distinct)
+    assert len(widths) == len(first) == len(counts) == len(distinct)
     for p in range(len(widths)):
         rows = np.flatnonzero(pattern == p)
         assert all((mask[rows] == mask[rows[0]]).all(axis=1)) and rows[0] == first[p] and mask[rows[0]].sum() == widths[p]
+        assert counts[p] == rows.size
     assert len({tuple(mask[first[p]]) for p in range(len(first))}) == len(first)  # distinct ids, distinct patterns
     assert np.all(np.diff(widths) >= 0) and np.all(np.diff(pattern[order]) >= 0)
     for p in range(len(widths)):
         np.testing.assert_array_equal(order[pattern[order] == p], np.flatnonzero(pattern == p))  # stable
+
+
+@pytest.mark.parametrize("n_features", [5, 14, 70])
+@pytest.mark.parametrize("empty_rows", [False, True])
+def test_block_mask_counts_equal_numpy_reductions(n_features, empty_rows):
+    """BlockMask derives its per-row and per-column counts from the distinct patterns; they
+    equal numpy's reductions of the mask, and the checks name the first empty row."""
+    rng = np.random.default_rng(5)
+    mask = rng.random((300, n_features)) < 0.3
+    mask[:, 1] = True  # a column missing throughout
+    mask[mask.all(axis=1), 0] = False
+    if empty_rows:
+        mask[[7, 150, 299]] = True
+    block = missing.BlockMask(mask)
+    np.testing.assert_array_equal(block.n_missing, mask.sum(axis=1))
+    np.testing.assert_array_equal(block.column_missing, mask.sum(axis=0))
+    np.testing.assert_array_equal(block.empty_rows, np.flatnonzero(mask.all(axis=1)))
+    if empty_rows:
+        with pytest.raises(ValueError, match=r"3 row\(s\) with every entry missing \(the first is row 1007\)"):
+            missing.check_block_rows(block, 1000)
+    else:
+        missing.check_block_rows(block, 1000)
+    with pytest.raises(ValueError, match="every"):
+        missing.check_missing_pattern(mask)
 
 
 def test_kmeans_start_sees_the_first_blocks_column_means():

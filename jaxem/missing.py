@@ -511,16 +511,16 @@ class BlockMask:
 
     @functools.cached_property
     def column_missing(self) -> np.ndarray:
-        """(D,) entries missing in each column."""
+        """(D,) entries missing in each column (from the patterns when keys are bit fields:
+        sorting more than 62 columns' rows costs more than the sum)."""
+        if self.keys.ndim == 2:
+            return self.missing.sum(axis=0)
         return self.patterns.counts @ self.missing[self.patterns.first]
 
     @property
     def empty_rows(self) -> np.ndarray:
         """The rows with every entry missing, in order."""
-        widths = self.patterns.widths
-        if not widths.size or widths[-1] < self.missing.shape[1]:
-            return np.zeros(0, np.intp)
-        return self.patterns.order[-self.patterns.counts[-1] :]  # the last pattern's rows
+        return np.flatnonzero(self.n_missing == self.missing.shape[1])
 
 
 def as_block_mask(mask: BlockMask | np.ndarray) -> BlockMask:
@@ -895,7 +895,7 @@ def check_missing_pattern(mask: BlockMask | np.ndarray) -> int:
     mask = as_block_mask(mask)
     check_block_rows(mask, 0)
     validation.check_observed_columns(mask.column_missing < mask.missing.shape[0])
-    return int(mask.patterns.widths.max(initial=0))
+    return int(mask.n_missing.max(initial=0))
 
 
 def check_block_rows(mask: BlockMask | np.ndarray, first_row: int) -> None:

@@ -568,10 +568,11 @@ class StreamedMissingValues(MissingValues):
     arranged: bool = dataclasses.field(default=False, metadata=dict(static=True))
     table_sizes: tuple = dataclasses.field(default=(), metadata=dict(static=True))
 
-    def as_data(self, X: Any) -> cg.PartialRows:
+    def as_data(self, X: Any, mask: BlockMask | None = None) -> cg.PartialRows:
         """PartialRows of a block X (n, D), NaN where missing, with `width` slots per row
         (missing entries at the block's column means, 0 in a column missing throughout the
-        block). Arranged models take their blocks through `arranged_rows`.
+        block), given the block's BlockMask when the caller has it. Arranged models take
+        their blocks through `arranged_rows`.
 
         Raises:
           ValueError: a row misses more than `width` entries (`for_block` makes room).
@@ -579,14 +580,14 @@ class StreamedMissingValues(MissingValues):
         if self.arranged:
             raise ValueError("an arranged model takes its blocks through arranged_rows, which reorders them.")
         values = validation.as_data(X, allow_nan=True)
-        missing = np.isnan(np.asarray(values))
-        most = int(missing.sum(axis=1).max(initial=0))
+        mask = BlockMask(np.isnan(np.asarray(values))) if mask is None else mask
+        most = int(mask.n_missing.max(initial=0))
         if most > self.width:
             raise ValueError(f"a row of the block misses {most} entries, more than width={self.width}.")
         rows = _partial_rows(values, self.width)
         self.base.check_data(rows.values)
         if self.patterns:
-            rows = rows._replace(pattern=jnp.asarray(pattern_keys(missing), jnp.int32))
+            rows = rows._replace(pattern=jnp.asarray(mask.keys, jnp.int32))
         return rows
 
     def for_block(self, mask: BlockMask | np.ndarray) -> StreamedMissingValues:

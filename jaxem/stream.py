@@ -306,8 +306,8 @@ def _device_block(model: Any, X: np.ndarray, w: np.ndarray | None, block_size: i
         data, weights = model.arranged_rows(X, np.ones(n) if w is None else w, mask)
         return data, jnp.asarray(weights, units.float_dtype(data))
     if n < block_size:
-        X = _padded(X, block_size, X[-1])
-    data = _block_data(model, X)
+        X, mask = _padded(X, block_size, X[-1]), None  # the mask is the unpadded block's
+    data = _block_data(model, X, mask)
     weights = _padded(np.ones(n, np.float32) if w is None else w, block_size, 0.0, units.float_dtype(data))
     return data, validation.to_device(weights)
 
@@ -323,10 +323,11 @@ def _padded(values: np.ndarray, rows: int, fill: Any, dtype: Any = None) -> np.n
     return out
 
 
-def _block_data(model: Any, X: np.ndarray) -> Any:
-    """model.as_data of a block; NaN refused (missing=None) with a pointer to missing="em"."""
+def _block_data(model: Any, X: np.ndarray, mask=None) -> Any:
+    """model.as_data of a block (given its jaxem.missing.BlockMask when the stream has
+    made it); NaN refused (missing=None) with a pointer to missing="em"."""
     try:
-        return model.as_data(X)
+        return model.as_data(X) if mask is None else model.as_data(X, mask)
     except ValueError as err:
         floating = np.issubdtype(np.asarray(X).dtype, np.floating)
         if isinstance(model, missing_lib.MissingValues) or not (floating and np.isnan(X).any()):

@@ -518,6 +518,11 @@ class BlockMask:
         return self.patterns.counts @ self.missing[self.patterns.first]
 
     @property
+    def observed_columns(self) -> np.ndarray:
+        """(D,) whether each column has an observed entry in the block."""
+        return self.column_missing < self.missing.shape[0]
+
+    @property
     def empty_rows(self) -> np.ndarray:
         """The rows with every entry missing, in order."""
         return np.flatnonzero(self.n_missing == self.missing.shape[1])
@@ -895,7 +900,7 @@ def check_missing_pattern(mask: BlockMask | np.ndarray) -> int:
     most entries any row misses."""
     mask = as_block_mask(mask)
     check_block_rows(mask, 0)
-    validation.check_observed_columns(mask.column_missing < mask.missing.shape[0])
+    validation.check_observed_columns(mask.observed_columns)
     return int(mask.n_missing.max(initial=0))
 
 

@@ -422,7 +422,7 @@ class _Stream:
             if self.missing:
                 mask = missing_lib.BlockMask(np.isnan(X))
                 missing_lib.check_block_rows(mask, first_row)
-                seen = mask.column_missing < X.shape[0]
+                seen = mask.observed_columns
                 observed, first_row = seen if observed is None else observed | seen, first_row + X.shape[0]
                 self._make_room(mask)
             block = _device_block(self.model, X, w, self.source.block_size, mask)

@@ -311,6 +311,7 @@ def test_block_mask_counts_equal_numpy_reductions(n_features, empty_rows):
     block = missing.BlockMask(mask)
     np.testing.assert_array_equal(block.n_missing, mask.sum(axis=1))
     np.testing.assert_array_equal(block.column_missing, mask.sum(axis=0))
+    np.testing.assert_array_equal(block.observed_columns, ~mask.all(axis=0))
     np.testing.assert_array_equal(block.empty_rows, np.flatnonzero(mask.all(axis=1)))
     if empty_rows:
         with pytest.raises(ValueError, match=r"3 row\(s\) with every entry missing \(the first is row 1007\)"):

@@ -34,7 +34,7 @@ from jax.scipy.special import betaln, digamma, gammaln
 from jaxem import validation
 from jaxem.models import checks
 from jaxem.models.cholesky import inverse_cholesky_transposed
-from jaxem.models.mixture import MixtureModel
+from jaxem.models.mixture import MixtureModel, weighted_posterior
 from jaxem.pytrees import register_model
 
 DOF_BISECTION_STEPS = 64
@@ -66,16 +66,28 @@ class StudentTMixtureStats(NamedTuple):
     log_u_minus_u: jax.Array
 
 
-def mahalanobis_and_log_det(means: jax.Array, covariances: jax.Array, X: jax.Array):
-    """delta_nk = (x_n - mu_k)^T Sigma_k^{-1} (x_n - mu_k): (n, K), and log|Sigma_k|: (K,).
+class StudentTFactors(NamedTuple):
+    """Params with their precision Cholesky factors U_k = L_k^-T (K, D, D), Sigma_k = L_k L_k^T:
+    the E-step's only factorisations, made once per E-step (`StudentTMixture.e_step_params`)."""
 
-    From the precision Cholesky factors U_k = L_k^-T (K, D, D) and one matrix product, as
-    GaussianMixture does, rather than a triangular solve with the (K, D, n) data as its
-    right-hand side: jaxlib 0.10's LAPACK triangular solve splits such a solve over XLA's
-    intra-op thread pool and waits on it from a pool thread, and two such solves running
-    at once (the E-step's log-densities and precision weights) deadlocked a 2-core CPU: a
-    float32 fit with K = 4, D = 8, n = 20000 hung in 9 runs of 10."""
-    prec_chol = inverse_cholesky_transposed(covariances)  # (K, D, D)
+    params: StudentTMixtureParams
+    precisions_cholesky: jax.Array
+
+
+def mahalanobis_and_log_det(means: jax.Array, covariances: jax.Array, X: jax.Array):
+    """delta_nk = (x_n - mu_k)^T Sigma_k^{-1} (x_n - mu_k): (n, K), and log|Sigma_k|: (K,)."""
+    return mahalanobis_from_factors(means, inverse_cholesky_transposed(covariances), X)
+
+
+def mahalanobis_from_factors(means: jax.Array, prec_chol: jax.Array, X: jax.Array):
+    """`mahalanobis_and_log_det` from the precision Cholesky factors prec_chol (K, D, D).
+
+    One matrix product with the factors, as GaussianMixture does, rather than a triangular
+    solve with the (K, D, n) data as its right-hand side: jaxlib 0.10's LAPACK triangular
+    solve splits such a solve over XLA's intra-op thread pool and waits on it from a pool
+    thread, and two such solves running at once (the E-step's log-densities and precision
+    weights, as it then was) deadlocked a 2-core CPU: a float32 fit with K = 4, D = 8,
+    n = 20000 hung in 9 runs of 10."""
     diff = X[None, :, :] - means[:, None, :]  # (K, n, D)
     solved = diff @ prec_chol  # (K, n, D): rows (L_k^-1 (x_n - mu_k))^T
     maha = jnp.sum(solved * solved, axis=-1).T
@@ -101,6 +113,19 @@ def log_gamma_ratio_of_half(nu: jax.Array, half_d: float) -> jax.Array:
     moderate = nu <= GAMMALN_DIFFERENCE_MAX_DOF
     safe_nu = jnp.where(moderate, nu, 1.0)  # no huge arguments in the unused branch
     return jnp.where(moderate, gammaln(0.5 * safe_nu + half_d) - gammaln(0.5 * safe_nu), via_betaln)
+
+
+def _log_density(nu: jax.Array, maha: jax.Array, log_det: jax.Array, n_features: int) -> jax.Array:
+    """log t_nu_k(x_n | mu_k, Sigma_k): (n, K) from dofs nu (K,), Mahalanobis distances
+    maha (n, K) and log|Sigma_k| log_det (K,)."""
+    half_d = 0.5 * n_features
+    log_norm = log_gamma_ratio_of_half(nu, half_d) - half_d * jnp.log(math.pi * nu) - 0.5 * log_det
+    return log_norm[None, :] - 0.5 * (nu + n_features)[None, :] * jnp.log1p(maha / nu[None, :])
+
+
+def _precision_weights(nu: jax.Array, maha: jax.Array, n_features: int) -> jax.Array:
+    """E[u | x_n, z=k] = (nu_k + D) / (nu_k + delta_nk): (n, K)."""
+    return (nu[None, :] + n_features) / (nu[None, :] + maha)
 
 
 @register_model
@@ -142,19 +167,36 @@ class StudentTMixture(MixtureModel):
     # --- densities --------------------------------------------------------------------------
     def component_log_prob(self, params: StudentTMixtureParams, X: jax.Array) -> jax.Array:
         """log t_nu_k(x | mu_k, Sigma_k): (n_samples, n_components)."""
-        n_features = X.shape[1]
         maha, log_det = mahalanobis_and_log_det(params.means, params.covariances, X)
-        nu = params.dofs
-        half_d = 0.5 * n_features
-        log_gamma_ratio = log_gamma_ratio_of_half(nu, half_d)
-        log_norm = log_gamma_ratio - half_d * jnp.log(math.pi * nu) - 0.5 * log_det
-        return log_norm[None, :] - 0.5 * (nu + n_features)[None, :] * jnp.log1p(maha / nu[None, :])
+        return _log_density(params.dofs, maha, log_det, X.shape[1])
 
     def expected_precision_weights(self, params: StudentTMixtureParams, X: jax.Array) -> jax.Array:
         """E[u | x, z=k] = (nu_k + D) / (nu_k + delta_nk): (n_samples, n_components)."""
         maha, _ = mahalanobis_and_log_det(params.means, params.covariances, X)
-        nu = params.dofs[None, :]
-        return (nu + X.shape[1]) / (nu + maha)
+        return _precision_weights(params.dofs, maha, X.shape[1])
+
+    # --- E-step -------------------------------------------------------------------------------
+    def e_step_params(self, params: StudentTMixtureParams | StudentTFactors) -> StudentTFactors:
+        """Params with their precision Cholesky factors, once per E-step rather than in every
+        chunk's E-step (where LAPACK calls of chunks run side by side; see
+        jaxem.parallel.e_step_prepared)."""
+        if isinstance(params, StudentTFactors):
+            return params
+        return StudentTFactors(params, inverse_cholesky_transposed(params.covariances))
+
+    def e_step(
+        self, params: StudentTMixtureParams | StudentTFactors, X: jax.Array, sample_weight: jax.Array
+    ) -> tuple[StudentTMixtureStats, jax.Array]:
+        """MixtureModel.e_step with the Mahalanobis distances computed once for both the
+        log-densities and the precision weights (params may come from `e_step_params`)."""
+        factors = self.e_step_params(params)
+        params = factors.params
+        n_features = X.shape[1]
+        maha, log_det = mahalanobis_from_factors(params.means, factors.precisions_cholesky, X)
+        log_joint = _log_density(params.dofs, maha, log_det, n_features) + self.log_weights(params)[None, :]
+        resp, log_lik = weighted_posterior(log_joint, sample_weight, axis=1)
+        u = _precision_weights(params.dofs, maha, n_features)
+        return self._centred_statistics(X, resp, u, params.means), log_lik
 
     # --- statistics and M-step ----------------------------------------------------------------
     def statistics(

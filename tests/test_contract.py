@@ -33,16 +33,7 @@ def latent_poisson():
     def init(key, X):
         return {"weights": jnp.array([0.5, 0.5]), "rates": jnp.array([1.0, 5.0]) + jax.random.uniform(key, (2,))}
 
-    # 5 L-BFGS steps per M-step, short of Q's rounding floor. Run further (the default 20),
-    # its line search and best-iterate choice compare values equal to rounding, so its
-    # output depends on rounding at the sqrt(eps) level: one EM update from a start changed
-    # by one ulp moved by up to 3.2e-9, and jit against eager, or weights against repeated
-    # rows, differed by 2.8e-11 and 1.9e-8 under XLA's elemental emitters (n_steps = 5:
-    # at most 1.7e-16 and 5.7e-16 under either emitters). The checks here compare runs at
-    # 1e-12 .. 1e-9.
-    return jaxem.LatentModel(
-        log_joint, init, constraints={"weights": "simplex", "rates": "positive"}, n_steps=5
-    )
+    return jaxem.LatentModel(log_joint, init, constraints={"weights": "simplex", "rates": "positive"})
 
 
 def counts(rng):

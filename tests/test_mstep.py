@@ -40,6 +40,22 @@ def test_gradient_ascent_finds_the_known_maximiser(optimizer, jit):
     np.testing.assert_allclose(params["scale"], 2.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("jit", [True, False])
+def test_lbfgs_output_is_the_maximiser_to_rounding_whatever_the_rounding_of_the_start(jit):
+    """Near the maximiser computed values tie to rounding; the iterate kept is then the one
+    with the smaller gradient, so the output is the maximiser to 1e-14 and does not move
+    when the start moves by an ulp (chosen by value, it was 2.1e-9 off, and an ulp moved it
+    by as much)."""
+    ulp = np.finfo(np.float64).eps
+    for shift in (0.0, ulp, -ulp, 3 * ulp):
+        start = {name: value * (1 + shift) for name, value in START.items()}
+        opt_state = optax.lbfgs().init(constraints.to_unconstrained(CONSTRAINTS, start))
+        run = lambda p, s: mstep.gradient_ascent(objective, p, s, optax.lbfgs(), CONSTRAINTS, {"weights": False, "scale": False}, 50)  # noqa: E731
+        params, _ = (jax.jit(run) if jit else run)(start, opt_state)
+        np.testing.assert_allclose(params["weights"], TARGET_WEIGHTS, rtol=1e-14, err_msg=str(shift))
+        np.testing.assert_allclose(params["scale"], 2.0, rtol=1e-14, err_msg=str(shift))
+
+
 def test_a_diverging_optimizer_returns_the_start_exactly():
     params, _ = ascend(optax.sgd(1e6), 5)
     for name in START:

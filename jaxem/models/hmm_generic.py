@@ -5,7 +5,7 @@ forward-backward pass of every HMM (jaxem.models.hmm), the initial distribution 
 transition rows have their closed-form (Dirichlet MAP) update, and the emission params get
 guarded optax steps on Q_emission = sum_t sum_k gamma_t(k) log p(x_t | z=k) (+ an optional
 log prior) in unconstrained coordinates (jaxem.mstep.gradient_ascent), kept only when
-Q does not drop (generalised EM), so the log-likelihood never decreases.
+Q does not drop beyond rounding (generalised EM), so the log-likelihood never decreases.
 
 The statistics for the gradient M-step are the weighted per-step marginals themselves (one
 row per step of every sequence), which chunks cannot sum, so `additive_statistics` is

@@ -5,7 +5,7 @@ The user writes log p(x, z=k | params) for one data point; everything else follo
   Q        sum_n w_n sum_k r_nk log p(x_n, z=k | θ), and its gradient by autodiff;
   M-step   the user's closed form when given, else guarded optax steps on -(Q + log_prior)
            in unconstrained coordinates (jaxem.mstep.gradient_ascent), so the
-           log-likelihood never decreases (GEM).
+           log-likelihood never decreases (GEM, to rounding of Q).
 
 The E-step statistics are the weighted responsibilities (n_samples, K) themselves: Q of a
 model we know nothing about has no fixed-size sufficient statistics. They are not additive

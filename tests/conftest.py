@@ -1,31 +1,33 @@
 """Tests run in float64 so results can be compared with references to tight tolerances,
-and compile with XLA:CPU's elemental emitters when this XLA has them (`_elemental_emitters`)."""
+and compile with XLA:CPU's quickest settings when this XLA has them (`_quick_compiles`)."""
 
 import os
 import subprocess
 import sys
 
-ELEMENTAL_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+# Elemental rather than MLIR fusion emitters, and no LLVM optimisation of the generated code.
+QUICK_COMPILES = "--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0"
 
 
-def _elemental_emitters() -> None:
-    """Add ELEMENTAL_EMITTERS to XLA_FLAGS (before jax starts; subprocesses inherit it).
+def _quick_compiles() -> None:
+    """Add QUICK_COMPILES to XLA_FLAGS (before jax starts; subprocesses inherit it).
 
     Compilation is ~90% of the suite's time (jax.monitoring, 2026-12-07: 2793 of 3990
-    worker-seconds), and XLA:CPU compiles with its elemental emitters faster than with
-    its default MLIR fusion emitters, for the same results to rounding (see the latent
-    model of test_contract.py for a computation that amplifies rounding): the whole suite
-    1738 s against 2162 s (one fresh-clone run each, in consecutive sessions on this 2-core
-    machine; 2 workers). An XLA without the flag would abort on it, so a subprocess tries
-    it first (~2 s per pytest process)."""
-    flags = f"{os.environ.get('XLA_FLAGS', '')} {ELEMENTAL_EMITTERS}".strip()
+    worker-seconds), and the suite's programs are small: compiled quickly, they give the
+    same results to rounding. The whole suite took 2162 s with XLA's defaults and 1738 s
+    with the elemental emitters (one fresh-clone run each, in consecutive sessions on this
+    2-core machine; 2 workers); test_contract.py 179 s with them, 123 s with both flags. An
+    XLA without these flags would abort on them, so a subprocess tries them first (~2 s per
+    pytest process).
+    """
+    flags = f"{os.environ.get('XLA_FLAGS', '')} {QUICK_COMPILES}".strip()
     probe = [sys.executable, "-c", "import jax.numpy as jnp; jnp.zeros(1).block_until_ready()"]
     accepted = subprocess.run(probe, env={**os.environ, "XLA_FLAGS": flags}, capture_output=True).returncode == 0
     if accepted:
         os.environ["XLA_FLAGS"] = flags
 
 
-_elemental_emitters()
+_quick_compiles()
 
 import jax  # noqa: E402  (XLA_FLAGS first)
 import pytest  # noqa: E402

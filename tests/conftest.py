@@ -14,11 +14,10 @@ def _quick_compiles() -> None:
 
     Compilation is ~90% of the suite's time (jax.monitoring, 2026-12-07: 2793 of 3990
     worker-seconds), and the suite's programs are small: compiled quickly, they give the
-    same results to rounding. The whole suite took 2162 s with XLA's defaults and 1738 s
-    with the elemental emitters (one fresh-clone run each, in consecutive sessions on this
-    2-core machine; 2 workers); test_contract.py 179 s with them, 123 s with both flags. An
-    XLA without these flags would abort on them, so a subprocess tries them first (~2 s per
-    pytest process).
+    same results to rounding. A fresh clone's whole suite took 2162 s with XLA's defaults,
+    1738 s with the elemental emitters and 938 s with both flags (one run each, the first
+    in the session before, on this 2-core machine; 2 workers). An XLA without these flags
+    would abort on them, so a subprocess tries them first (~2 s per pytest process).
     """
     flags = f"{os.environ.get('XLA_FLAGS', '')} {QUICK_COMPILES}".strip()
     probe = [sys.executable, "-c", "import jax.numpy as jnp; jnp.zeros(1).block_until_ready()"]

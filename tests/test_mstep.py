@@ -111,3 +111,29 @@ def test_freeze_gaussian_mixture_keeps_frozen_params_and_is_monotone(frozen):
         resp = np.asarray(model.predict_proba(result.params, X))
         means = resp.T @ X / resp.sum(0)[:, None]
         np.testing.assert_allclose(result.params.means, means, rtol=1e-6)
+
+
+def test_frozen_weights_em_follows_numpy_em_to_rounding():
+    """Weights frozen, the guarded ECM step is EM's conditional maximiser, which the guard
+    keeps unless Q drops beyond rounding: after 300 iterations means and covariances equal a
+    numpy EM with fixed weights to 1e-12. A guard that rejected steps whose Q rounded below
+    the old one stalled near the fixed point, 1.5e-8 from it."""
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(300, 2)), 0.8 * rng.normal(size=(200, 2)) + [1.5, 1.0]])
+    weights, means, covariances = np.array([0.3, 0.7]), np.array([[0.0, 0.2], [1.0, 1.0]]), np.stack([np.eye(2)] * 2)
+    init = {"weights": weights, "means": means, "covariances": covariances}
+    reg_covar = jaxem.GaussianMixture(2).reg_covar
+    for _ in range(300):
+        log_joint = np.log(weights) + np.stack([multivariate_normal(m, c).logpdf(X) for m, c in zip(means, covariances)], 1)
+        resp = np.exp(log_joint - np.logaddexp.reduce(log_joint, axis=1, keepdims=True))
+        counts = resp.sum(0)
+        means = resp.T @ X / counts[:, None]
+        covariances = np.stack([
+            (resp[:, k, None] * (X - means[k])).T @ (X - means[k]) / counts[k] + reg_covar * np.eye(2) for k in range(2)
+        ])
+    model = jaxem.freeze(jaxem.GaussianMixture(2), "weights")
+    result = jaxem.fit(model, X, key=jax.random.key(0), init=init, max_iter=300, tol=0.0)
+    np.testing.assert_allclose(result.params.means, means, rtol=1e-12)
+    np.testing.assert_allclose(result.params.covariances, covariances, rtol=1e-12)

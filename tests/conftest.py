@@ -18,7 +18,10 @@ def _quick_compiles() -> None:
     1738 s with the elemental emitters and 938 s with both flags (one run each, the first
     in the session before, on this 2-core machine; 2 workers). An XLA without these flags
     would abort on them, so a subprocess tries them first (~2 s per pytest process).
+    JAXEM_TEST_XLA_DEFAULTS=1 in the environment keeps XLA's defaults.
     """
+    if os.environ.get("JAXEM_TEST_XLA_DEFAULTS") == "1":
+        return
     flags = f"{os.environ.get('XLA_FLAGS', '')} {QUICK_COMPILES}".strip()
     probe = [sys.executable, "-c", "import jax.numpy as jnp; jnp.zeros(1).block_until_ready()"]
     accepted = subprocess.run(probe, env={**os.environ, "XLA_FLAGS": flags}, capture_output=True).returncode == 0

@@ -238,7 +238,6 @@ def test_e_step_matches_scipy_with_one_factorisation_per_e_step():
     loop over chunks (whose E-steps run side by side), not once for the densities and once
     for the precision weights inside it (XLA's optimiser hoisted and merged those, but the
     program should not need it to: see jaxem.parallel.e_step_prepared)."""
-
     rng = np.random.default_rng(2)
     n_samples, n_features = 60, 10
     factors = rng.normal(size=(3, n_features, n_features))

@@ -9,6 +9,7 @@ from jax.scipy.stats import multivariate_normal, poisson
 from scipy.stats import poisson as sp_poisson
 
 import jaxem
+from jaxem.constraints import Interval
 from jaxem.models.gaussian_mixture import GaussianMixtureParams
 
 POISSON_CONSTRAINTS = {"weights": "simplex", "rates": "positive"}
@@ -28,8 +29,9 @@ def poisson_init(key, X):
     return {"weights": jnp.array([0.5, 0.5]), "rates": jnp.array([1.0, 5.0]) * jnp.mean(X) / 3}
 
 
-def numpy_poisson_em(X, weights, rates, n_iter=3000, prior=None, fixed_weights=False):
-    """Closed-form (MAP-)EM for a Poisson mixture; prior = (dirichlet_alpha, gamma_a, gamma_b)."""
+def numpy_poisson_em(X, weights, rates, n_iter=3000, prior=None, fixed_weights=False, min_rate=0.0):
+    """Closed-form (MAP-)EM for a Poisson mixture; prior = (dirichlet_alpha, gamma_a, gamma_b);
+    rates floored at min_rate (the maximiser of Q over rates >= min_rate: Q is concave)."""
     x = X[:, 0]
     weights, rates = np.array(weights, float), np.array(rates, float)
     for _ in range(n_iter):
@@ -43,6 +45,7 @@ def numpy_poisson_em(X, weights, rates, n_iter=3000, prior=None, fixed_weights=F
             alpha, a, b = prior
             rates = ((resp * x[:, None]).sum(0) + a - 1) / (counts + b)
             new_weights = (counts + alpha - 1) / (counts.sum() + len(counts) * (alpha - 1))
+        rates = np.maximum(rates, min_rate)
         if not fixed_weights:
             weights = new_weights
     log_joint = np.log(weights) + sp_poisson.logpmf(x[:, None], rates)
@@ -79,6 +82,24 @@ def test_lbfgs_m_steps_follow_closed_form_em_to_rounding():
     np.testing.assert_allclose(result.params["weights"], weights, rtol=1e-13)
     np.testing.assert_allclose(result.params["rates"], rates, rtol=1e-13)
     np.testing.assert_allclose(float(result.log_likelihood), log_lik, rtol=1e-14)
+
+
+def test_interval_constraint_keeps_the_gradient_m_step_on_the_floored_em_path():
+    """Rates declared >= 3 (jaxem.constraints.Interval) where the data's low rate is ~2: the
+    gradient M-step follows closed-form EM with the rate floored at 3 (under "positive" it
+    would go below the floor)."""
+    X = poisson_data()
+    start = {"weights": np.array([0.5, 0.5]), "rates": np.array([4.0, 8.0])}
+    weights, rates, log_lik = numpy_poisson_em(X, start["weights"], start["rates"], n_iter=300, min_rate=3.0)
+    assert rates[0] == 3.0
+    model = jaxem.LatentModel(
+        poisson_log_joint, poisson_init, constraints={"weights": "simplex", "rates": Interval(3.0)}
+    )
+    result = jaxem.fit(model, X, key=jax.random.key(0), init=start, max_iter=300, tol=0.0)
+    assert np.all(result.params["rates"] >= 3.0) and int(result.n_decreases) == 0
+    np.testing.assert_allclose(result.params["weights"], weights, rtol=1e-11)
+    np.testing.assert_allclose(result.params["rates"], rates, rtol=1e-11)
+    np.testing.assert_allclose(float(result.log_likelihood), log_lik, rtol=1e-13)
 
 
 def test_optimizer_state_is_carried_or_reset():

@@ -53,11 +53,12 @@ distinct diagonal entries to be unique (generic for real data); with (nearly) eq
 the orientation, and a gradient through the loadings themselves, is ill-determined, while
 rotation-invariant results (W W^T, the likelihood, noise variances) are not affected.
 
-Accelerators. SQUAREM and quasi-Newton move the noise variances in log coordinates
-("positive"), which know nothing of `min_noise`. In a Heywood case whose optimum has a
-noise variance below min_noise, quasi-Newton's L-BFGS phase can go below the floor and the
-next EM step's floor then lowers the objective slightly (seen: 5e-9 per sample, one
-counted decrease). Plain EM never leaves the floor's feasible set, so its trace is monotone.
+Accelerators. SQUAREM and quasi-Newton move the noise variances in the coordinates
+log(Psi_d - min_noise) (`param_constraints`: Interval(min_noise)), so they stay in the
+floor's feasible set, as plain EM does. With "positive" (log Psi_d), in a Heywood case
+whose optimum has a noise variance below min_noise, quasi-Newton's L-BFGS phase went below
+the floor and the next EM step's floor then lowered the objective (5e-9 per sample, one
+counted decrease).
 
 Starts. `init` "kmeans++", "random" and "random_from_data" all give the same start, random
 given the key: the weighted mean, noise variances half the weighted variance of each
@@ -77,6 +78,7 @@ import numpy as np
 from jax.scipy.linalg import cho_solve, solve_triangular
 
 from jaxem import validation
+from jaxem.constraints import Interval
 from jaxem.models import checks
 from jaxem.protocol import Model
 from jaxem.pytrees import register_model
@@ -331,8 +333,9 @@ class FactorModel(Model):
         return ()
 
     def param_constraints(self, params: Any = None) -> Any:
-        """Constraint names per params leaf (jaxem.constraints)."""
-        return self._make_params("real", "real", "positive")
+        """Constraint names per params leaf (jaxem.constraints); noise variances >=
+        min_noise, the M-step's floor, so that accelerators stay where EM can go."""
+        return self._make_params("real", "real", Interval(self.min_noise))
 
     def e_step_params(self, params: Any) -> FactorTerms:
         """Params with the posterior's projection, covariance and log|Sigma| (one QR

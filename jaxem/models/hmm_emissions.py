@@ -27,6 +27,7 @@ import numpy as np
 from jax.scipy.special import gammaln, xlogy
 
 from jaxem import validation
+from jaxem.constraints import Interval
 from jaxem.models import checks
 from jaxem.models import conditional_gaussian as cg
 from jaxem.models.cholesky import inverse_cholesky_transposed
@@ -525,7 +526,7 @@ class PoissonHMM(HMMModel):
         return {"rates": jnp.asarray(rates, dtype)}
 
     def emission_constraints(self) -> dict:
-        return {"rates": "positive"}
+        return {"rates": Interval(self.min_rate)}  # the M-step's floor (jaxem.constraints)
 
     def n_emission_parameters(self, params) -> dict:
         return {"rates": params.rates.size}

@@ -45,7 +45,7 @@ def resolve_constraints(spec: Any, params: Any) -> Any:
     """
     if spec is None:
         spec = "real"
-    if isinstance(spec, str):
+    if isinstance(spec, (str, constraints_lib.Interval)):
         return jax.tree.map(lambda _: spec, params)
     if isinstance(spec, dict) and isinstance(params, dict):
         extra = sorted(set(spec) - set(params))
@@ -57,7 +57,8 @@ def resolve_constraints(spec: Any, params: Any) -> Any:
         return {key: resolve_constraints(spec.get(key), value) for key, value in params.items()}
     try:
         return jax.tree.map(
-            resolve_constraints, spec, params, is_leaf=lambda s: s is None or isinstance(s, str)
+            resolve_constraints, spec, params,
+            is_leaf=lambda s: s is None or isinstance(s, (str, constraints_lib.Interval)),
         )
     except (ValueError, TypeError) as err:
         raise ValueError(
@@ -97,9 +98,10 @@ def remembers_objective(optimizer: optax.GradientTransformation) -> bool:
 def _check_constraint_names(spec: Any) -> None:
     leaves = jax.tree.leaves(spec, is_leaf=lambda s: s is None)
     for name in leaves:
-        if name is not None and name not in constraints_lib.CONSTRAINTS:
+        if name is not None and not isinstance(name, constraints_lib.Interval) and name not in constraints_lib.CONSTRAINTS:
             raise ValueError(
-                f"unknown constraint {name!r}; expected one of {constraints_lib.CONSTRAINTS}."
+                f"unknown constraint {name!r}; expected one of {constraints_lib.CONSTRAINTS} "
+                "or a jaxem.constraints.Interval."
             )
 
 
@@ -118,7 +120,8 @@ class LatentModel(MixtureModel):
         restart (its `init` option and sample weights do not apply, a dict of starting
         params still does).
       constraints: None (all "real"), one name, or a pytree of names shaped like params
-        (a prefix of it); in a dict, missing keys mean "real". Names: jaxem.constraints.
+        (a prefix of it); in a dict, missing keys mean "real". Names: jaxem.constraints;
+        `jaxem.constraints.Interval(low, high)` in place of a name bounds a parameter.
       optimizer: optax GradientTransformation for the gradient M-step (optax.lbfgs
         included); unused when `m_step` is given.
       m_step: optional closed form (params, X, resp) -> params maximising

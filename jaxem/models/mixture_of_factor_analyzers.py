@@ -60,6 +60,7 @@ import numpy as np
 
 from jaxem import init as init_lib
 from jaxem import validation
+from jaxem.constraints import Interval
 from jaxem.models import checks
 from jaxem.models.factor_analysis import canonical_loadings, factor_update, posterior_terms, row_log_density
 from jaxem.models.mixture import MixtureModel, weighted_posterior
@@ -263,8 +264,9 @@ class MixtureOfFactorAnalyzers(MixtureModel):
 
     # --- model selection and sampling ---------------------------------------------------------
     def param_constraints(self, params: Any = None) -> MixtureOfFactorAnalyzersParams:
-        """Constraint names per params leaf (jaxem.constraints)."""
-        return MixtureOfFactorAnalyzersParams("simplex", "real", "real", "positive")
+        """Constraint names per params leaf (jaxem.constraints); noise variances >=
+        min_noise, the M-step's floor, so that accelerators stay where EM can go."""
+        return MixtureOfFactorAnalyzersParams("simplex", "real", "real", Interval(self.min_noise))
 
     def covariances(self, params) -> jax.Array:
         """Component covariances W_k W_k^T + Psi_k: (K, D, D)."""

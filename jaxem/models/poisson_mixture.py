@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax.scipy.special import gammaln, xlogy
 
 from jaxem import validation
+from jaxem.constraints import Interval
 from jaxem.models import checks
 from jaxem.models.mixture import MixtureModel
 from jaxem.pytrees import register_model
@@ -117,8 +118,9 @@ class PoissonMixture(MixtureModel):
 
     # --- model selection and sampling ---------------------------------------------------------
     def param_constraints(self, params: Any = None) -> PoissonMixtureParams:
-        """Constraint names per params leaf (see jaxem.constraints)."""
-        return PoissonMixtureParams("simplex", "positive")
+        """Constraint names per params leaf (see jaxem.constraints); rates >= min_rate, the
+        M-step's floor, so that accelerators stay where EM's M-step can go."""
+        return PoissonMixtureParams("simplex", Interval(self.min_rate))
 
     def n_parameters(self, n_features: int) -> int:
         """Free parameters: K - 1 weights and K * D rates."""

@@ -32,6 +32,7 @@ import numpy as np
 from jax.scipy.special import betaln, digamma, gammaln
 
 from jaxem import validation
+from jaxem.constraints import Interval
 from jaxem.models import checks
 from jaxem.models.cholesky import inverse_cholesky_transposed
 from jaxem.models.mixture import MixtureModel, weighted_posterior
@@ -291,8 +292,15 @@ class StudentTMixture(MixtureModel):
 
     # --- model selection and sampling ---------------------------------------------------------
     def param_constraints(self, params: Any = None) -> StudentTMixtureParams:
-        """Constraint names per params leaf (see jaxem.constraints)."""
-        return StudentTMixtureParams("simplex", "real", "positive_definite", "positive")
+        """Constraint names per params leaf (see jaxem.constraints).
+
+        Learned dofs lie in [min_dof, max_dof], where the M-step's bisection keeps them;
+        declared as an interval (on log nu), SQUAREM's extrapolation and L-BFGS stay
+        inside it too, instead of pushing a component whose data look Gaussian past
+        max_dof (where an EM step lowers the likelihood) or to 1e12.
+        """
+        dofs = Interval(self.min_dof, self.max_dof, log=True) if self.learn_dof else "positive"
+        return StudentTMixtureParams("simplex", "real", "positive_definite", dofs)
 
     def n_parameters(self, n_features: int) -> int:
         """K - 1 weights, K * D means, K * D (D + 1) / 2 scale entries, K dofs if learned."""

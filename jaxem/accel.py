@@ -178,9 +178,12 @@ def dropped(em_value: jax.Array, value: jax.Array) -> jax.Array:
     return em_value < value - rounding(value)
 
 
-def is_stalled(gain: jax.Array, previous_gain: jax.Array, rate: float) -> jax.Array:
-    """Slow linear convergence: the gain shrank, by a factor above `rate`."""
-    return (gain > 0) & (gain >= rate * previous_gain) & (gain < previous_gain)
+def is_stalled(gain: jax.Array, previous_gain: jax.Array, rate: float, value: jax.Array) -> jax.Array:
+    """Slow linear convergence: the gain, above rounding at `value`, shrank by a factor
+    above `rate`. (The ratio of two gains at rounding level is noise: it had quasi-Newton
+    switch to L-BFGS, or not, by how the objective rounded.)"""
+    real = gain > rounding(value)
+    return real & (gain >= rate * previous_gain) & (gain < previous_gain)
 
 
 class SquaremState(NamedTuple):
@@ -240,7 +243,7 @@ def run_squarem_phase(state: SquaremState, step, constraints, config: FitConfig,
             gain, state.gain, new_value
         )
         cycles = state.cycles + 1
-        stalled = switch & (cycles >= MIN_SQUAREM_CYCLES) & is_stalled(gain, state.gain, SQUAREM_STALL_RATE)
+        stalled = switch & (cycles >= MIN_SQUAREM_CYCLES) & is_stalled(gain, state.gain, SQUAREM_STALL_RATE, new_value)
         stop = dropped(em_value, state.value)
         progress.report(config, n_iter, new_value, state.value, (state.status == Status.RUNNING) & ~stop)
         keep = lambda new, old: tree_where(finite, new, old)
@@ -377,7 +380,7 @@ def run_em_phase(state: EMPhaseState, em_data: EMData, config: FitConfig, *, swi
         em = em._replace(status=jnp.where(unsettled, Status.RUNNING, em.status).astype(jnp.int32))
         undone = state.em._replace(params=state.em.previous, status=jnp.asarray(Status.CONVERGED, jnp.int32))
         em = tree_where(stop, undone, em)
-        stalled = switch & (em.n_iter - first_iter >= MIN_EM_ITER) & is_stalled(gain, state.gain, STALL_RATE)
+        stalled = switch & (em.n_iter - first_iter >= MIN_EM_ITER) & is_stalled(gain, state.gain, STALL_RATE, em.objective)
         return EMPhaseState(em=em, gain=gain, stalled=stalled, n_evals=state.n_evals + 1)
 
     return jax.lax.while_loop(lambda s: is_running(s.em) & ~s.stalled, body, state)

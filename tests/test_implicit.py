@@ -310,10 +310,11 @@ def test_accelerated_fit_has_the_plain_em_gradient(accelerate):
     X = jnp.asarray(np.concatenate([rng.normal(0, 1, (80, 2)), rng.normal(4, 1, (80, 2))]))
     init = dict(weights=np.array([0.5, 0.5]), means=np.array([[0.5, 0.0], [3.0, 3.5]]), covariances=np.stack([np.eye(2)] * 2))
     # reg_covar=0: EM's fixed point is then a stationary point of the likelihood, which
-    # L-BFGS also converges to. With reg_covar > 0 it is not, and where quasi-Newton
-    # switches to L-BFGS (a decision on gains at rounding level here, which code generation
-    # can tip) it ends at the unregularised covariances, ~reg_covar from EM's (jaxem.accel:
-    # `dropped`), and so had a gradient 2e-7 from EM's.
+    # L-BFGS also converges to. With reg_covar > 0 it is not: where quasi-Newton switches
+    # to L-BFGS it ends at the unregularised covariances, ~reg_covar from EM's
+    # (jaxem.accel: `dropped`), with a gradient 2e-7 from EM's. Here it once switched on
+    # gains at rounding level, as the suite's quick compile rounded them
+    # (test_accel.py::test_quasi_newton_does_not_switch_on_rounding_noise).
     model = jaxem.GaussianMixture(2, reg_covar=0.0)
 
     def loss(X, accelerate):

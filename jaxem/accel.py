@@ -9,7 +9,7 @@ signature (a jaxem.config.FitConfig), same FitResult, no host synchronisation (o
 declares `param_constraints(params)`.
 
 run_squarem   SQUAREM (Varadhan & Roland 2008, scheme SqS3) on the fixed-point map
-              T(θ) = M(E(θ)); the trace stays monotone.
+              T(θ) = M(E(θ)); the trace stays monotone where EM's does.
 run_quasi_newton  EM until its per-iteration progress stalls, then `optax.lbfgs` on the
               negative objective (gradients by autodiff of the E-step's log-likelihood),
               then EM again, which stops only where its own stopping rule holds.
@@ -171,9 +171,13 @@ def dropped(em_value: jax.Array, value: jax.Array) -> jax.Array:
     """Whether an EM step lowered the objective from `value` to `em_value` beyond rounding.
 
     EM's M-step then does not maximise the objective exactly (a Gaussian mixture's
-    reg_covar), and the point is above EM's own fixed point: L-BFGS, which climbs the
-    objective itself, ends there. The accelerators stop at such a point (EM cannot
-    improve it) instead of following EM down to its fixed point.
+    reg_covar). In a phase that starts at the end of an L-BFGS phase, which climbs the
+    objective itself, this means the point is above EM's own fixed point: the hybrids stop
+    there (EM cannot improve it) instead of following EM down to its fixed point. Before
+    any L-BFGS phase (plain SQUAREM, and the hybrids' first phase) the drop is EM's own
+    and is followed, as plain EM follows it: stopping there had SQUAREM, quasi-Newton and
+    auto end a GaussianMixture with reg_covar=1e-2 after 3 E-steps, 1.9e-3 from plain
+    EM's fixed point.
     """
     return em_value < value - rounding(value)
 
@@ -222,10 +226,13 @@ def squarem_start(step, params, step_max, n_iter, n_evals, trace, max_iter: int)
     )
 
 
-def run_squarem_phase(state: SquaremState, step, constraints, config: FitConfig, tol, *, switch) -> SquaremState:
+def run_squarem_phase(
+    state: SquaremState, step, constraints, config: FitConfig, tol, *, switch, after_lbfgs=False
+) -> SquaremState:
     """SQUAREM cycles from `state` until a stopping rule holds or, when `switch`, the gain
-    per cycle stalls (`is_stalled`, after MIN_SQUAREM_CYCLES cycles of this phase). A
-    cycle whose EM step `dropped` ends the run at its starting point."""
+    per cycle stalls (`is_stalled`, after MIN_SQUAREM_CYCLES cycles of this phase). When
+    `after_lbfgs` (the phase starts at L-BFGS's end), a cycle whose EM step `dropped`
+    ends the run at its starting point."""
 
     def body(state: SquaremState) -> SquaremState:
         em_value, twice_mapped, twice_m_state = step(state.mapped, state.m_state)
@@ -244,7 +251,7 @@ def run_squarem_phase(state: SquaremState, step, constraints, config: FitConfig,
         )
         cycles = state.cycles + 1
         stalled = switch & (cycles >= MIN_SQUAREM_CYCLES) & is_stalled(gain, state.gain, SQUAREM_STALL_RATE, new_value)
-        stop = dropped(em_value, state.value)
+        stop = after_lbfgs & dropped(em_value, state.value)
         progress.report(config, n_iter, new_value, state.value, (state.status == Status.RUNNING) & ~stop)
         keep = lambda new, old: tree_where(finite, new, old)
         advanced = SquaremState(
@@ -278,7 +285,8 @@ def run_squarem(
     config: FitConfig | None = None,
     **options,
 ) -> FitResult:
-    """SQUAREM-accelerated EM from `init_params`; the objective never decreases.
+    """SQUAREM-accelerated EM from `init_params`; the objective never decreases where EM's
+    does not (`dropped`).
 
     An iteration from θ, with its objective and T(θ) already known, costs two E-steps:
     one at T(θ), giving its objective and T(T(θ)); one at the extrapolated point
@@ -288,8 +296,7 @@ def run_squarem(
     known, so a rejection costs nothing extra) and the step bound shrinks. Varadhan &
     Roland's stabilisation T(θ') is thus the first E-step of the next iteration, and the
     objective check comes free with the E-step instead of as a separate evaluation.
-    n_evals = 1 + 2 n_iter, plus 2 for a cycle whose EM step `dropped` the objective (it ends
-    the run at its start).
+    n_evals = 1 + 2 n_iter.
 
     Args, stopping rules and statuses are those of `jaxem.core.run_em`; an iteration here
     is one SQUAREM cycle, and the trace holds the objective at the accepted iterates. A
@@ -358,14 +365,15 @@ class LbfgsPhaseState(NamedTuple):
     trace: jax.Array
 
 
-def run_em_phase(state: EMPhaseState, em_data: EMData, config: FitConfig, *, switch) -> EMPhaseState:
+def run_em_phase(state: EMPhaseState, em_data: EMData, config: FitConfig, *, switch, after_lbfgs) -> EMPhaseState:
     """EM iterations (jaxem.core.em_iteration) from `state` until a stopping rule holds or,
     when `switch`, EM stalls.
 
     EM has stalled once, after MIN_EM_ITER iterations of this phase, its gain per
     iteration shrinks by a factor above STALL_RATE: it is in slow linear convergence.
-    Stopping rules as run_em, but a gain below tol must be `settled`; an iteration that
-    `dropped` the objective is undone and ends the run.
+    Stopping rules as run_em, but a gain below tol must be `settled`; when `after_lbfgs`
+    (the phase starts at L-BFGS's end), an iteration that `dropped` the objective is
+    undone and ends the run.
     """
     first_iter = state.em.n_iter
     # Reported here, not by em_iteration: an undone iteration is not reported.
@@ -374,7 +382,7 @@ def run_em_phase(state: EMPhaseState, em_data: EMData, config: FitConfig, *, swi
     def body(state: EMPhaseState) -> EMPhaseState:
         em = em_iteration(state.em, em_data, unreported)
         gain = em.objective - state.em.objective
-        stop = dropped(em.objective, state.em.objective)
+        stop = after_lbfgs & dropped(em.objective, state.em.objective)
         progress.report(config, em.n_iter, em.objective, state.em.objective, is_running(state.em) & ~stop)
         unsettled = (em.status == Status.CONVERGED) & ~settled(gain, state.gain, em.objective)
         em = em._replace(status=jnp.where(unsettled, Status.RUNNING, em.status).astype(jnp.int32))
@@ -438,7 +446,7 @@ class HybridState(NamedTuple):
     computed; step_max: SQUAREM's step bound, kept across phases; may_switch: False once
     an L-BFGS step failed; by_lbfgs: the last L-BFGS phase met the stopping rule and the
     phase after it confirmed its end within CONFIRM_ITER iterations; extrapolated: the last
-    SQUAREM iterate was extrapolated.
+    SQUAREM iterate was extrapolated; after_lbfgs: params are an L-BFGS phase's end.
     """
 
     params: Any
@@ -447,6 +455,7 @@ class HybridState(NamedTuple):
     may_switch: jax.Array
     by_lbfgs: jax.Array
     extrapolated: jax.Array
+    after_lbfgs: jax.Array
     n_iter: jax.Array
     n_evals: jax.Array
     status: jax.Array
@@ -472,7 +481,7 @@ def run_hybrid(model, init_params, data, sample_weight, *, tol, config: FitConfi
         em = em._replace(n_iter=state.n_iter, status=state.status, trace=state.trace)
         phase = run_em_phase(
             EMPhaseState(em=em, gain=jnp.asarray(jnp.inf, dtype), stalled=jnp.asarray(False), n_evals=state.n_evals),
-            em_data, config, switch=state.may_switch,
+            em_data, config, switch=state.may_switch, after_lbfgs=state.after_lbfgs,
         )
         em = phase.em
         return state._replace(
@@ -484,7 +493,9 @@ def run_hybrid(model, init_params, data, sample_weight, *, tol, config: FitConfi
         start = squarem_start(
             step, state.params, state.step_max, state.n_iter, state.n_evals, state.trace, config.max_iter
         )
-        phase = run_squarem_phase(start, step, constraints, config, tol, switch=state.may_switch)
+        phase = run_squarem_phase(
+            start, step, constraints, config, tol, switch=state.may_switch, after_lbfgs=state.after_lbfgs
+        )
         return state._replace(
             params=phase.params, value=phase.value, step_max=phase.step_max, extrapolated=phase.extrapolated,
             n_iter=phase.n_iter, n_evals=phase.n_evals, status=phase.status, trace=phase.trace,
@@ -512,6 +523,7 @@ def run_hybrid(model, init_params, data, sample_weight, *, tol, config: FitConfi
             may_switch=phase.may_switch & ~lbfgs.failed,
             by_lbfgs=converged,
             extrapolated=jnp.asarray(False),
+            after_lbfgs=jnp.asarray(True),
             n_iter=lbfgs.n_iter,
             n_evals=lbfgs.n_evals,
             status=jnp.where(converged, confirming, lbfgs.status),
@@ -523,6 +535,7 @@ def run_hybrid(model, init_params, data, sample_weight, *, tol, config: FitConfi
     start = HybridState(
         params=init_params, value=jnp.asarray(jnp.nan, dtype), step_max=jnp.asarray(STEP_MAX_START, dtype),
         may_switch=jnp.asarray(True), by_lbfgs=jnp.asarray(False), extrapolated=jnp.asarray(False),
+        after_lbfgs=jnp.asarray(False),
         n_iter=jnp.zeros((), jnp.int32), n_evals=jnp.zeros((), jnp.int32),
         status=jnp.asarray(Status.RUNNING, jnp.int32), trace=jnp.full((config.max_iter,), jnp.nan, dtype),
     )

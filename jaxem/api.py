@@ -88,7 +88,8 @@ def fit(
         otherwise; None always one pass.
       accelerate: None (plain EM), "squarem" (SQUAREM extrapolation of the EM map),
         "quasi_newton" (EM, then L-BFGS once EM stalls) or "auto" (SQUAREM, then L-BFGS
-        once SQUAREM stalls); see jaxem.accel. All keep the objective monotone;
+        once SQUAREM stalls); see jaxem.accel. All keep the objective monotone where
+        EM does (jaxem.accel.dropped);
         FitResult.n_evals counts the E-steps used.
       diff: how reverse-mode gradients (jax.grad of anything computed from the result, with
         respect to X, sample_weight and the model's continuous leaves such as reg_covar)

@@ -177,7 +177,10 @@ def dropped(em_value: jax.Array, value: jax.Array) -> jax.Array:
     any L-BFGS phase (plain SQUAREM, and the hybrids' first phase) the drop is EM's own
     and is followed, as plain EM follows it: stopping there had SQUAREM, quasi-Newton and
     auto end a GaussianMixture with reg_covar=1e-2 after 3 E-steps, 1.9e-3 from plain
-    EM's fixed point.
+    EM's fixed point. (That premise needs the model's `param_constraints` to declare the
+    bounds its M-step keeps, so that no extrapolation leaves them: undeclared, SQUAREM
+    follows EM back from past a bound with counted decreases,
+    benchmarks/bench_accel_families.py --declare-positive.)
     """
     return em_value < value - rounding(value)
 

@@ -31,7 +31,7 @@ import optax
 
 from jaxem import implicit, parallel, progress, units
 from jaxem.config import FitConfig
-from jaxem.constraints import from_unconstrained, to_unconstrained
+from jaxem.constraints import from_unconstrained, inside, to_unconstrained
 from jaxem.core import (
     EMData,
     EMState,
@@ -125,9 +125,12 @@ def extrapolate_params(constraints: Any, theta: Any, mapped: Any, twice_mapped: 
     ratios of expected statistics), so extrapolating there takes the longest safe steps;
     on the London deaths Poisson mixture it needs about 40% fewer E-steps than in
     unconstrained coordinates. Extrapolation is affine, so it keeps sums (simplex) but may
-    leave the parameter space (a negative rate, an indefinite covariance): such a point,
-    detected by its unconstrained coordinates being non-finite, is replaced by the
-    extrapolation in unconstrained coordinates, which is always valid. Either way the
+    leave the parameter space (a negative rate, an indefinite covariance, a rate below its
+    floor): such a point, detected by its unconstrained coordinates being non-finite or by
+    leaving an Interval (`jaxem.constraints.inside`), is replaced by the extrapolation in
+    unconstrained coordinates, which is always valid. (Projecting it onto the bound
+    instead sent a float32 Poisson mixture's rate of 0.08 to its floor, SQUAREM ending
+    7.6e-3 per sample below plain EM.) Either way the
     point goes back through the constraint bijection, which projects rounding errors
     away (a simplex is renormalised); without that, extrapolating from an extrapolated
     point multiplies the error of a sum by (alpha - 1)^2 at every step.
@@ -137,7 +140,7 @@ def extrapolate_params(constraints: Any, theta: Any, mapped: Any, twice_mapped: 
     natural_u = to_unconstrained(constraints, natural)
     unconstrained = [to_unconstrained(constraints, p) for p in (theta, mapped, twice_mapped)]
     fallback_u, fallback_alpha = squarem_extrapolate(*unconstrained, step_max)
-    valid = all_finite(natural_u)
+    valid = all_finite(natural_u) & inside(constraints, natural)
     params = from_unconstrained(constraints, tree_where(valid, natural_u, fallback_u))
     return params, jnp.where(valid, natural_alpha, fallback_alpha)
 

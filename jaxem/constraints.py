@@ -44,9 +44,11 @@ class Interval:
 
     x = low + (high - low) sigmoid(u); on log x when `log` (0 < low); x = low + exp(u)
     when high is None. `inverse` projects x onto the set: the fraction of the way from
-    low to high is clipped to [eps, 1 - eps], x - low to at least eps |low|, so a bound
-    has finite coordinates (unless high is None and low = 0, as "positive") and a point
-    extrapolated past one comes back onto it.
+    low to high is clipped to [eps, 1 - eps], x - low to at least eps |low|, so a point
+    on a bound (where EM's M-step puts it) has finite coordinates (unless high is None
+    and low = 0, as "positive"). SQUAREM does not rely on that projection for points it
+    extrapolates past a bound: it asks `inside` and extrapolates in these coordinates
+    instead (jaxem.accel.extrapolate_params).
     low, high: scalars or arrays broadcasting against the leaf (a model's pytree leaves,
     so possibly traced); low < high.
     """
@@ -155,6 +157,21 @@ def free_size(name: str | Interval, shape: tuple[int, ...]) -> int:
         d = shape[-1]
         return math.prod(shape[:-2]) * d * (d + 1) // 2
     return math.prod(shape)
+
+
+def inside(constraints: Any, params: Any) -> jax.Array:
+    """() bool: every Interval leaf of params lies within its bounds. (Points outside the
+    other constraints are caught by their coordinates: `inverse` gives NaN there, while
+    an Interval's `inverse` projects, so a caller that must tell asks here.)"""
+
+    def within(name, x):
+        if not isinstance(name, Interval):
+            return jnp.asarray(True)
+        above = x >= jnp.asarray(name.low, x.dtype)
+        below = True if name.high is None else x <= jnp.asarray(name.high, x.dtype)
+        return jnp.all(above & below)
+
+    return jnp.all(jnp.stack(jax.tree.leaves(jax.tree.map(within, constraints, params)) + [jnp.asarray(True)]))
 
 
 def to_unconstrained(constraints: Any, params: Any) -> Any:

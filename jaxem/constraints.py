@@ -84,11 +84,14 @@ class Interval:
         return jnp.log(fraction) - jnp.log1p(-fraction)
 
 
-def _check(name: Any) -> None:
+def check_name(name: Any) -> None:
+    """Raise ValueError unless `name` is one of CONSTRAINTS or an Interval."""
     if isinstance(name, Interval):
         return
     if name not in CONSTRAINTS:
-        raise ValueError(f"unknown constraint {name!r}; expected one of {CONSTRAINTS}")
+        raise ValueError(
+            f"unknown constraint {name!r}; expected one of {CONSTRAINTS} or a jaxem.constraints.Interval."
+        )
 
 
 def _cholesky_to_unconstrained(chol: jax.Array) -> jax.Array:
@@ -109,7 +112,7 @@ def _embed_diagonal(diag: jax.Array) -> jax.Array:
 
 def forward(name: str | Interval, u: jax.Array) -> jax.Array:
     """Map unconstrained coordinates `u` to a parameter satisfying constraint `name`."""
-    _check(name)
+    check_name(name)
     if isinstance(name, Interval):
         return name.forward(u)
     if name == "real":
@@ -129,7 +132,7 @@ def forward(name: str | Interval, u: jax.Array) -> jax.Array:
 
 def inverse(name: str | Interval, x: jax.Array) -> jax.Array:
     """Map a parameter satisfying constraint `name` to unconstrained coordinates."""
-    _check(name)
+    check_name(name)
     if isinstance(name, Interval):
         return name.inverse(x)
     if name == "real":
@@ -149,7 +152,7 @@ def inverse(name: str | Interval, x: jax.Array) -> jax.Array:
 
 def free_size(name: str | Interval, shape: tuple[int, ...]) -> int:
     """Number of free real coordinates of a parameter of `shape` under constraint `name`."""
-    _check(name)
+    check_name(name)
     batch = math.prod(shape[:-1]) if shape else 1
     if name == "simplex":
         return batch * (shape[-1] - 1)

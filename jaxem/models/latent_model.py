@@ -33,6 +33,11 @@ def flat_log_prior(params: Any) -> jax.Array:
     return jnp.zeros((), jax.tree.leaves(params)[0].dtype)
 
 
+def _is_name(spec: Any) -> bool:
+    """A single constraint (a name or an Interval) rather than a pytree of them."""
+    return isinstance(spec, (str, constraints_lib.Interval))
+
+
 def resolve_constraints(spec: Any, params: Any) -> Any:
     """Constraint names shaped exactly like params.
 
@@ -45,7 +50,7 @@ def resolve_constraints(spec: Any, params: Any) -> Any:
     """
     if spec is None:
         spec = "real"
-    if isinstance(spec, (str, constraints_lib.Interval)):
+    if _is_name(spec):
         return jax.tree.map(lambda _: spec, params)
     if isinstance(spec, dict) and isinstance(params, dict):
         extra = sorted(set(spec) - set(params))
@@ -57,8 +62,7 @@ def resolve_constraints(spec: Any, params: Any) -> Any:
         return {key: resolve_constraints(spec.get(key), value) for key, value in params.items()}
     try:
         return jax.tree.map(
-            resolve_constraints, spec, params,
-            is_leaf=lambda s: s is None or isinstance(s, (str, constraints_lib.Interval)),
+            resolve_constraints, spec, params, is_leaf=lambda s: s is None or _is_name(s)
         )
     except (ValueError, TypeError) as err:
         raise ValueError(
@@ -98,11 +102,8 @@ def remembers_objective(optimizer: optax.GradientTransformation) -> bool:
 def _check_constraint_names(spec: Any) -> None:
     leaves = jax.tree.leaves(spec, is_leaf=lambda s: s is None)
     for name in leaves:
-        if name is not None and not isinstance(name, constraints_lib.Interval) and name not in constraints_lib.CONSTRAINTS:
-            raise ValueError(
-                f"unknown constraint {name!r}; expected one of {constraints_lib.CONSTRAINTS} "
-                "or a jaxem.constraints.Interval."
-            )
+        if name is not None:
+            constraints_lib.check_name(name)
 
 
 @jax.tree_util.register_static

@@ -1,4 +1,5 @@
-"""Plain EM vs SQUAREM vs quasi-Newton vs auto: E-step evaluations and wall time, one run.
+"""Plain EM vs SQUAREM vs quasi-Newton vs auto vs preconditioned: E-step evaluations and wall
+time, one run.
 
 Problems: the London deaths two-Poisson mixture (Varadhan & Roland's start), four poorly
 separated Gaussian mixtures, and Old Faithful (3 full-covariance components). Wall time is
@@ -18,14 +19,17 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxem  # noqa: E402
-from jaxem.accel import run_auto, run_quasi_newton, run_squarem  # noqa: E402
+from jaxem.accel import run_auto, run_preconditioned, run_quasi_newton, run_squarem  # noqa: E402
 from jaxem.core import run_em  # noqa: E402
 LONDON = np.loadtxt(jaxem.data_path("london_deaths.csv"), delimiter=",", skiprows=1)
 LONDON_COUNTS, LONDON_FREQUENCIES = jnp.asarray(LONDON[:, :1]), jnp.asarray(LONDON[:, 1])
 LONDON_OPTIMUM_NEG_LOGLIK = 1989.945859883  # published optimum (Varadhan & Roland 2008)
 
 REPEATS = 5
-RUNNERS = {"EM": run_em, "SQUAREM": run_squarem, "quasi-Newton": run_quasi_newton, "auto": run_auto}
+RUNNERS = {
+    "EM": run_em, "SQUAREM": run_squarem, "quasi-Newton": run_quasi_newton, "auto": run_auto,
+    "preconditioned": run_preconditioned,
+}
 
 
 def overlapping_gaussians(seed, n, d, shift):

@@ -29,7 +29,7 @@ from jaxem.models import factor_analysis, mixture_of_factor_analyzers, poisson_m
 N = 800
 TOL = 1e-12
 MAX_ITER = 20_000
-METHODS = (None, "squarem", "quasi_newton", "auto")
+METHODS = (None, "squarem", "quasi_newton", "auto", "preconditioned")
 
 
 def overlapping_gaussians(rng, n_features, n_components, noise="normal"):

@@ -87,8 +87,9 @@ def fit(
         most AUTO_CHUNK_SIZE rows for data sets of more than twice that and one pass
         otherwise; None always one pass.
       accelerate: None (plain EM), "squarem" (SQUAREM extrapolation of the EM map),
-        "quasi_newton" (EM, then L-BFGS once EM stalls) or "auto" (SQUAREM, then L-BFGS
-        once SQUAREM stalls); see jaxem.accel. All keep the objective monotone where
+        "quasi_newton" (EM, then L-BFGS once EM stalls), "auto" (SQUAREM, then L-BFGS
+        once SQUAREM stalls) or "preconditioned" (SQUAREM, then quasi-Newton
+        preconditioned by EM once SQUAREM stalls); see jaxem.accel. All keep the objective monotone where
         EM does (jaxem.accel.dropped);
         FitResult.n_evals counts the E-steps used.
       diff: how reverse-mode gradients (jax.grad of anything computed from the result, with

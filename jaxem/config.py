@@ -16,7 +16,7 @@ from jaxem.init import INIT_METHODS
 
 CRITERIA = ("loglik", "params")
 DIFF_MODES = ("implicit", "unroll", None)
-ACCELERATIONS = (None, "squarem", "quasi_newton", "auto")
+ACCELERATIONS = (None, "squarem", "quasi_newton", "auto", "preconditioned")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,12 +24,12 @@ class FitConfig:
     """Static options of a fit (compile-time constants of its program).
 
     n_restarts: runs fitted as one vmapped program.
-    max_iter: bound on E+M iterations (SQUAREM cycles, L-BFGS steps) per run; trace length.
+    max_iter: bound on E+M iterations (SQUAREM cycles, quasi-Newton steps) per run; trace length.
     criterion: "loglik" (change of the per-unit objective below tol) or "params" (largest
       relative change of any params leaf below tol).
     init: a jaxem.init method for the starting params, or None when they are given.
     chunk_size: units per chunk of a chunked E-step, None for one pass.
-    accelerate: None, "squarem", "quasi_newton" or "auto" (jaxem.accel).
+    accelerate: None, "squarem", "quasi_newton", "auto" or "preconditioned" (jaxem.accel).
     diff: reverse-mode gradients through the fit: "implicit", "unroll" or None.
     adjoint: the implicit adjoint solver (jaxem.implicit).
     vmap_slots: problems in flight when a fit is vmapped over data sets ("auto", an int,

@@ -19,7 +19,7 @@ from jaxem.core import FitResult, Progress, Status, run_em
 
 def runner_for(config: FitConfig):
     """The single-start runner for `config.accelerate`: run_em (None) or accel.RUNNERS'
-    run_squarem, run_quasi_newton, run_auto, the accelerated ones given
+    run_squarem, run_quasi_newton, run_auto, run_preconditioned, the accelerated ones given
     implicit gradients through plain EM's fixed point when config.diff is "implicit"."""
     if config.accelerate is None:
         return run_em

@@ -256,7 +256,7 @@ class FactorAnalysis(_FactorEstimator):
         Floor on every fitted noise variance (jaxem's; scikit-learn's is 1e-12).
     n_init : int, default=1
         Random starts (jaxem's vmapped restarts); the fit keeps the best.
-    accelerate : {None, "squarem", "quasi_newton", "auto"}, default=None
+    accelerate : {None, "squarem", "quasi_newton", "auto", "preconditioned"}, default=None
         jaxem's accelerators; EM for factor analysis is slow near the optimum.
     random_state : int, RandomState or None, default=0
     missing : {None, "em"}, default=None
@@ -405,7 +405,7 @@ class MixtureOfFactorAnalyzers(_OtherMixture):
         One diagonal Psi for all components (Ghahramani & Hinton) or one per component.
     min_noise : float, default=1e-6
         Floor on every fitted noise variance.
-    accelerate : {None, "squarem", "quasi_newton", "auto"}, default=None
+    accelerate : {None, "squarem", "quasi_newton", "auto", "preconditioned"}, default=None
         jaxem's accelerators, passed on to `jaxem.fit`.
     missing : {None, "em"}, default=None
         "em": NaN entries are missing values, as in `jaxem.sklearn.GaussianMixture`.

@@ -859,67 +859,6 @@ def through_fixed_point(runner):
     return run
 
 
-def through_fixed_point(runner):
-    """Give an accelerated runner implicit reverse-mode gradients.
-
-    SQUAREM and quasi-Newton end at a fixed point of the plain EM map T, the same one
-    `run_em` differentiates, so their gradients come from θ* = T(θ*) by jaxem.implicit.
-    The M-step state at θ* is taken fresh (`init_m_state`): exact for closed-form and
-    reset-optimizer M-steps. The returned runner recomputes log_likelihood outside the
-    solve so that it is differentiable.
-    """
-
-    def run(model, init_params, data, sample_weight, *, tol, config: FitConfig):
-        def solve(init, model, data, sample_weight, tol):
-            result = runner(model, init, data, sample_weight, tol=tol, config=config)
-            return result.params, result._replace(params=None)
-
-        def em_map(params, aux, model, data, sample_weight, tol):
-            return em_update(model, params, model.init_m_state(params), data, sample_weight, config.chunk_size)[1]
-
-        solve = implicit.custom_fixed_point(em_map, solver=config.adjoint, max_iter=config.max_iter)(solve)
-        params, result = solve(init_params, model, data, sample_weight, tol)
-        log_likelihood, _ = objective(model, params, data, sample_weight, config.chunk_size)
-        return result._replace(params=params, log_likelihood=log_likelihood)
-
-    return run
-
-
-def run_preconditioned(
-    model: Any,
-    init_params: Any,
-    data: Any,
-    sample_weight: jax.Array,
-    *,
-    tol: Any,
-    config: FitConfig | None = None,
-    **options,
-) -> FitResult:
-    """Quasi-Newton preconditioned by EM (Jamshidian & Jennrich 1997) from the start, then
-    EM to confirm its end.
-
-    EM's step is the gradient preconditioned by the inverse complete-data information; a
-    quasi-Newton method that learns only the rest of the curvature (the missing
-    information) from secant pairs needs few steps where EM crawls, and each step costs
-    one evaluation: the objective, its gradient (autodiff of the E-step's
-    log-likelihood, in unconstrained coordinates) and the EM step, from one E-step
-    (`run_preconditioned_phase`). A step that lowers the objective is rejected and an EM
-    step taken instead. Where the phase stops (a gain below tol), EM checks its end as in
-    run_quasi_newton, and hands over to a fresh phase if it stalls again.
-
-    Args, stopping rules and statuses are those of `jaxem.core.run_em`; max_iter bounds
-    EM iterations plus quasi-Newton steps. n_evals counts E-steps, evaluations and the
-    final evaluation.
-    Returns:
-      FitResult; method is QUASI_NEWTON when the quasi-Newton phase found the final point
-      (EM confirmed it within CONFIRM_ITER iterations), else EM.
-    """
-    config = as_config(config, options)
-    return run_hybrid(
-        model, init_params, data, sample_weight, tol=tol, config=config, first="em", second="preconditioned"
-    )
-
-
 RUNNERS = {
     "squarem": run_squarem, "quasi_newton": run_quasi_newton, "auto": run_auto, "preconditioned": run_preconditioned,
 }

@@ -304,7 +304,7 @@ def test_gradient_m_step_model_matches_finite_differences(data):
     )
 
 
-@pytest.mark.parametrize("accelerate", ["squarem", "quasi_newton"])
+@pytest.mark.parametrize("accelerate", ["squarem", "quasi_newton", "preconditioned"])
 def test_accelerated_fit_has_the_plain_em_gradient(accelerate):
     rng = np.random.default_rng(0)
     X = jnp.asarray(np.concatenate([rng.normal(0, 1, (80, 2)), rng.normal(4, 1, (80, 2))]))

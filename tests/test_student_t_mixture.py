@@ -285,7 +285,7 @@ def test_accelerators_keep_learned_dofs_inside_the_bracket_and_end_where_em_does
     plain = jaxem.fit(model, X, **options)
     assert bool(plain.converged)
     np.testing.assert_allclose(plain.params.dofs, model.max_dof, rtol=1e-12)
-    for method in ("squarem", "quasi_newton", "auto"):
+    for method in ("squarem", "quasi_newton", "auto", "preconditioned"):
         fast = jaxem.fit(model, X, accelerate=method, **options)
         assert bool(fast.converged) and int(fast.n_decreases) == 0, method
         assert np.all((fast.params.dofs >= model.min_dof) & (fast.params.dofs <= model.max_dof)), method

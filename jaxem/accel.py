@@ -496,8 +496,9 @@ class PreconditionedState(NamedTuple):
 def preconditioned_evaluation(model, data, sample_weight, config: FitConfig, prepared, constraints, unravel):
     """evaluate(u) -> (objective, its gradient, EM step) at flat unconstrained coordinates
     u (p,); unravel maps u back to the pytree of `constraints`. One E-step, differentiated
-    in reverse mode for the gradient, whose statistics also give the M-step: counted as
-    one evaluation, as a value-and-gradient is."""
+    in reverse mode for the gradient, whose statistics also give the M-step (from a fresh
+    `init_m_state`, as at the start of every EM phase): counted as one evaluation, as a
+    value-and-gradient is."""
     to_params = lambda u: from_unconstrained(constraints, unravel(u))
 
     def value_and_stats(u):

@@ -659,8 +659,6 @@ def run_hybrid(
     loss_fn = lambda u: -objective(model, to_params(u), data, sample_weight, config.chunk_size, prepared)[0]
     em_data = EMData(model, data, sample_weight, prepared, tol)
     step = em_step(model, data, sample_weight, config, prepared)
-    unravel = ravel_pytree(to_unconstrained(constraints, init_params))[1]
-    evaluate = preconditioned_evaluation(model, data, sample_weight, config, prepared, constraints, unravel)
 
     def em_phase(state: HybridState) -> tuple[HybridState, jax.Array]:
         em = start_state(state.params, model.init_m_state(state.params), dtype, config.max_iter)
@@ -704,7 +702,8 @@ def run_hybrid(
         )
 
     def preconditioned_phase(phase: HybridState) -> QuasiNewtonEnd:
-        u = ravel_pytree(to_unconstrained(constraints, phase.params))[0]
+        u, unravel = ravel_pytree(to_unconstrained(constraints, phase.params))
+        evaluate = preconditioned_evaluation(model, data, sample_weight, config, prepared, constraints, unravel)
         start = preconditioned_start(evaluate, u, phase.n_iter, phase.n_evals, phase.status, phase.trace)
         end = run_preconditioned_phase(evaluate, start, config, tol=tol, to_params=lambda u: to_params(unravel(u)))
         return QuasiNewtonEnd(
